@@ -1,0 +1,97 @@
+"""Streaming text corpora: ``.jsonl`` (one JSON object per line, a text field) and plain ``.txt``.
+
+Texts are yielded one document at a time so a corpus of any size is never held in memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from lep_plugin.errors import LEPError
+
+
+def expand_corpus(patterns: Iterable[str | os.PathLike]) -> list[Path]:
+    """Paths from file names and glob patterns; each must exist and be non-empty."""
+    files: list[Path] = []
+    for pattern in patterns:
+        pattern = str(pattern)
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise LEPError(f"corpus pattern {pattern!r} matches no file")
+        for match in matches:
+            path = Path(match)
+            if not path.is_file():
+                raise LEPError(f"corpus file {path} does not exist")
+            if path.stat().st_size == 0:
+                raise LEPError(f"corpus file {path} is empty")
+            files.append(path)
+    if not files:
+        raise LEPError("no corpus file given")
+    return files
+
+
+def iter_texts(files: Iterable[Path], text_field: str = "text", max_chars: int | None = None) -> Iterator[str]:
+    """Documents of ``files`` in order; stops after ``max_chars`` characters if given.
+
+    ``.jsonl``: the ``text_field`` of each line; ``.txt``: blank-line separated paragraphs.
+    """
+    seen = 0
+    for path in files:
+        for text in _iter_file(Path(path), text_field):
+            if not text:
+                continue
+            yield text
+            seen += len(text)
+            if max_chars is not None and seen >= max_chars:
+                return
+
+
+def _iter_file(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if path.suffix in (".jsonl", ".json"):
+                for number, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise LEPError(f"{path}:{number}: not valid JSON") from None
+                    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                        raise LEPError(f"{path}:{number}: no string field {text_field!r} (set --text-field)")
+                    yield record[text_field]
+            else:
+                paragraph: list[str] = []
+                for line in fh:
+                    if line.strip():
+                        paragraph.append(line)
+                    elif paragraph:
+                        yield "".join(paragraph).rstrip("\n")
+                        paragraph = []
+                if paragraph:
+                    yield "".join(paragraph).rstrip("\n")
+    except UnicodeDecodeError as err:
+        raise LEPError(f"corpus file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def check_corpus(files: list[Path], text_field: str = "text") -> None:
+    """Fail early (before any training) if a file has no text at all."""
+    for path in files:
+        if next(iter_texts([path], text_field), None) is None:
+            raise LEPError(f"corpus file {path} contains no text")
+
+
+def fingerprint_files(files: Iterable[Path]) -> str:
+    """Content hash of the corpus files (names excluded, order included)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,179 @@
+"""Loading, inspecting, importing and saving HF fast tokenizers.
+
+A tokenizer's pipeline (normalizer, pre-tokenizer, decoder, post-processor) is handled as the
+``tokenizer.json`` dict that the ``tokenizers`` library reads and writes, so a new vocabulary can be
+dropped into an old tokenizer's pipeline without re-implementing any of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from lep_plugin.errors import LEPError
+
+Style = Literal["sentencepiece", "byte_level"]
+
+# Mistral-style chat template used when an imported tokenizer has none (mistral-common's own templates
+# are not exported to HF format by every version).
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """An HF fast tokenizer from a tokenizer or model dir; a clear error if there is none."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise LEPError(f"tokenizer dir {path} does not exist")
+    if not (path / "tokenizer.json").is_file():
+        raise LEPError(f"{path} has no tokenizer.json (a fast HF tokenizer is required; see `lep vocab import`)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # transformers raises many types for a broken dir
+        raise LEPError(f"cannot load the tokenizer in {path}: {err}") from err
+    if not getattr(tok, "is_fast", False):
+        raise LEPError(f"the tokenizer in {path} is not a fast (tokenizers-backed) tokenizer")
+    return tok
+
+
+def tokenizer_json(tok) -> dict[str, Any]:
+    """The backend pipeline as the ``tokenizer.json`` dict."""
+    return json.loads(tok.backend_tokenizer.to_str())
+
+
+def fingerprint_tokenizer(tok) -> str:
+    """Content hash of the pipeline and vocabulary (not of file names or timestamps)."""
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _contains_type(node: Any, kind: str) -> bool:
+    if isinstance(node, dict):
+        return node.get("type") == kind or any(_contains_type(v, kind) for v in node.values())
+    if isinstance(node, list):
+        return any(_contains_type(v, kind) for v in node)
+    return False
+
+
+def tokenizer_style(spec: dict[str, Any]) -> Style:
+    """'byte_level' (GPT-2/Llama-3/Tekken/Qwen) or 'sentencepiece' (Llama-2/Mistral: ▁ and byte fallback)."""
+    model = spec.get("model", {})
+    if model.get("type") not in ("BPE", "Unigram"):
+        raise LEPError(f"unsupported tokenizer model type {model.get('type')!r}: only BPE and Unigram are supported")
+    if _contains_type(spec.get("pre_tokenizer"), "ByteLevel"):
+        return "byte_level"
+    if model.get("byte_fallback") or _contains_type(spec.get("pre_tokenizer"), "Metaspace") or "▁" in json.dumps(
+        spec.get("normalizer"), ensure_ascii=False
+    ):
+        return "sentencepiece"
+    raise LEPError("unsupported tokenizer: neither byte-level nor SentencePiece-style (▁ with byte fallback)")
+
+
+def special_token_strings(tok) -> list[str]:
+    """Strings of all special and added tokens (bos/eos/unk/pad, chat markers) in id order."""
+    added = sorted(tok.added_tokens_decoder.items())
+    names = [t.content for _, t in added]
+    for value in (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token):
+        if value and value not in names:
+            names.append(value)
+    return names
+
+
+def save_tokenizer_dir(
+    spec: dict[str, Any], like, output: Path, extra_files: dict[str, Any] | None = None
+) -> None:
+    """Write ``spec`` (a tokenizer.json dict) as an HF tokenizer dir carrying ``like``'s special tokens,
+    chat template, ``model_max_length`` and padding side.
+
+    Saved with the generic fast-tokenizer class so that the pipeline in ``tokenizer.json`` is used
+    verbatim (model-specific classes may rebuild parts of it).
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+    kwargs = {
+        name: getattr(like, name)
+        for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+        if getattr(like, name, None) is not None
+    }
+    new = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=like.model_max_length,
+        padding_side=like.padding_side,
+        clean_up_tokenization_spaces=False,
+        **kwargs,
+    )
+    if getattr(like, "chat_template", None):
+        new.chat_template = like.chat_template
+    new.save_pretrained(str(output))
+    # tokenizer.json exactly as built (save_pretrained may re-serialise with library defaults)
+    (output / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    for name, content in (extra_files or {}).items():
+        (output / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def set_bos_template(spec: dict[str, Any], bos: str, bos_id: int) -> None:
+    """Make the post-processor insert ``bos`` (keeping a byte-level offsets step if present)."""
+    template = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [
+            {"SpecialToken": {"id": bos, "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": bos, "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }
+    current = spec.get("post_processor")
+    if current and current.get("type") == "ByteLevel":
+        spec["post_processor"] = {"type": "Sequence", "processors": [current, template]}
+    else:
+        spec["post_processor"] = template
+
+
+def import_mistral_common_tokenizer(source: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Convert a tokenizer file as shipped by ``mistral-common`` (SentencePiece ``.model`` or Tekken
+    ``.json``) into an HF fast tokenizer dir that adds BOS and has a Mistral chat template."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    source, output = Path(source), Path(output)
+    if not source.is_file():
+        raise LEPError(f"tokenizer file {source} does not exist")
+    with tempfile.TemporaryDirectory() as tmp:
+        if source.suffix == ".json":
+            from transformers.integrations.mistral import convert_tekken_tokenizer
+
+            tok = convert_tekken_tokenizer(str(source))
+        else:
+            shutil.copy(source, Path(tmp) / "tokenizer.model")
+            tok = LlamaTokenizer.from_pretrained(tmp, legacy=False)
+        tok.save_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        spec = tokenizer_json(tok)
+        set_bos_template(spec, tok.bos_token, tok.bos_token_id)
+        tok.chat_template = tok.chat_template or MISTRAL_CHAT_TEMPLATE
+        output.mkdir(parents=True, exist_ok=True)
+        save_tokenizer_dir(spec, tok, output)
+    return output
+
+
+def mistral_common_file(name: str) -> Path:
+    """Path of a tokenizer file shipped inside the ``mistral-common`` package."""
+    import importlib.resources
+
+    path = Path(str(importlib.resources.files("mistral_common"))) / "data" / name
+    if not path.is_file():
+        raise LEPError(f"mistral-common does not ship {name}")
+    return path

@@ -1,0 +1,365 @@
+"""Building a new vocabulary in the style of an old tokenizer (LEP step 1).
+
+Four methods (``../shared/METHOD.md``):
+
+* ``bpe`` / ``unigram`` – a whole new vocabulary trained on the corpus;
+* ``extend``   – train a target-language BPE, append the tokens the old vocabulary lacks, new merges
+  first, then the old merges (old ids keep their meaning);
+* ``optimize`` – keep the ``keep`` old tokens most frequent on the corpus (plus everything they are
+  merged from, special/added and byte tokens), then extend.
+
+The new model is trained with the ``tokenizers`` library and dropped into the old ``tokenizer.json``
+pipeline (normalizer, pre-tokenizer, decoder, post-processor, added tokens), so the old behaviour around
+the vocabulary – BOS insertion, chat markers, byte fallback or byte-level alphabet – survives.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lep_plugin import __version__
+from lep_plugin.errors import LEPError
+from lep_plugin.io.atomic import atomic_output_dir, check_output_dir
+from lep_plugin.io.corpus import check_corpus, expand_corpus, fingerprint_files, iter_texts
+from lep_plugin.io.tokenizers import (
+    Style,
+    fingerprint_tokenizer,
+    load_tokenizer,
+    save_tokenizer_dir,
+    tokenizer_json,
+    tokenizer_style,
+)
+
+MANIFEST = "lep_vocab.json"
+BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
+# Characters a SentencePiece-style vocabulary gets as tokens of their own; rarer ones use byte fallback
+# (the analogue of SentencePiece's character_coverage).
+SP_ALPHABET_LIMIT = 400
+MAX_TOKEN_LENGTH = 24
+
+
+class VocabOptions(BaseModel):
+    """How to build the new vocabulary."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["bpe", "unigram", "extend", "optimize"] = Field(
+        description="bpe/unigram: a whole new vocabulary; extend: add target-language tokens to the old one; "
+        "optimize: keep the most frequent old tokens, then extend"
+    )
+    vocab_size: int = Field(
+        gt=0,
+        description="bpe/unigram: size of the new vocabulary (special tokens included); "
+        "extend/optimize: size of the target-language BPE whose new tokens are added",
+    )
+    keep: int | None = Field(default=None, gt=0, description="optimize: how many old tokens to keep")
+    text_field: str = Field(default="text", description="field of .jsonl corpus records holding the text")
+    min_frequency: int = Field(default=2, ge=1, description="least corpus frequency of a new merge")
+    max_chars: int | None = Field(default=None, gt=0, description="read at most this many corpus characters")
+
+    @model_validator(mode="after")
+    def _keep_only_for_optimize(self):
+        if self.method == "optimize" and self.keep is None:
+            raise ValueError("method 'optimize' needs keep (how many old tokens to keep)")
+        if self.method != "optimize" and self.keep is not None:
+            raise ValueError(f"keep is only used by method 'optimize', not {self.method!r}")
+        return self
+
+
+def build_vocabulary(
+    old_tokenizer: str | os.PathLike,
+    corpus: Iterable[str | os.PathLike],
+    options: VocabOptions,
+    output: str | os.PathLike,
+    force: bool = False,
+) -> Path:
+    """Build the new tokenizer dir ``output`` (HF files + ``lep_vocab.json`` manifest), atomically."""
+    output = Path(output)
+    check_output_dir(output, force)
+    files = expand_corpus(corpus)
+    check_corpus(files, options.text_field)
+    old = load_tokenizer(old_tokenizer)
+    spec = tokenizer_json(old)
+    style = tokenizer_style(spec)
+    texts = lambda: iter_texts(files, options.text_field, options.max_chars)  # noqa: E731 - re-iterable corpus
+
+    if options.method in ("bpe", "unigram"):
+        new_spec, stats = _whole_new(spec, style, texts, options)
+    elif options.method == "extend":
+        new_spec, stats = _extend(spec, style, texts, options, keep_ids=None)
+    else:
+        new_spec, stats = _extend(spec, style, texts, options, keep_ids=_most_frequent(old, spec, style, texts, options))
+
+    manifest = {
+        "lep_plugin_version": __version__,
+        "method": options.method,
+        "style": style,
+        "options": options.model_dump(),
+        "old_vocab_size": len(old),
+        "new_vocab_size": _vocab_len(new_spec),
+        "corpus": [str(f) for f in files],
+        "corpus_fingerprint": fingerprint_files(files),
+        "old_tokenizer": str(old_tokenizer),
+        "old_tokenizer_fingerprint": fingerprint_tokenizer(old),
+        **stats,
+    }
+    with atomic_output_dir(output, force) as tmp:
+        save_tokenizer_dir(new_spec, old, tmp, extra_files={MANIFEST: manifest})
+    return output
+
+
+def read_manifest(tokenizer_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(tokenizer_dir) / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _trainer_pipeline(spec: dict[str, Any], style: Style) -> dict[str, Any]:
+    """The old pipeline for training: no added tokens, and words split at spaces (SentencePiece-style
+    tokenizers run the whole text as one 'word' at inference, which a trainer cannot count)."""
+    train = {k: copy.deepcopy(v) for k, v in spec.items() if k not in ("model", "added_tokens", "post_processor")}
+    train["added_tokens"] = []
+    train["post_processor"] = None
+    if style == "sentencepiece":
+        old_pre = spec.get("pre_tokenizer") or {}
+        prepend = old_pre.get("prepend_scheme", "never") if old_pre.get("type") == "Metaspace" else "never"
+        train["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": prepend, "split": True}
+    return train
+
+
+def _train(spec: dict[str, Any], style: Style, texts, kind: str, size: int, options: VocabOptions) -> dict[str, Any]:
+    """Train a ``kind`` ("bpe"/"unigram") model of ``size`` tokens in the old style; its model JSON."""
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+
+    pipeline = _trainer_pipeline(spec, style)
+    pipeline["model"] = (
+        {"type": "BPE", "vocab": {}, "merges": [], "dropout": None, "unk_token": None,
+         "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
+         "byte_fallback": False, "ignore_merges": False}
+        if kind == "bpe"
+        else {"type": "Unigram", "unk_id": None, "vocab": [], "byte_fallback": False}
+    )
+    tokenizer = Tokenizer.from_str(json.dumps(pipeline, ensure_ascii=False))
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if style == "byte_level" else []
+    if kind == "bpe":
+        limit = {} if style == "byte_level" else {"limit_alphabet": SP_ALPHABET_LIMIT}
+        trainer = trainers.BpeTrainer(
+            vocab_size=size,
+            min_frequency=options.min_frequency,
+            show_progress=False,
+            initial_alphabet=alphabet,
+            max_token_length=MAX_TOKEN_LENGTH,
+            **limit,
+        )
+    else:
+        trainer = trainers.UnigramTrainer(
+            vocab_size=size,
+            show_progress=False,
+            initial_alphabet=alphabet,
+            max_piece_length=16,
+            shrinking_factor=0.75,
+        )
+    tokenizer.train_from_iterator(texts(), trainer=trainer)
+    return json.loads(tokenizer.to_str())["model"]
+
+
+# ------------------------------------------------------------------------------------------- assembling
+
+
+def _added_in_model(spec: dict[str, Any]) -> list[str]:
+    """Added tokens that also live in the old model's vocabulary (Mistral's <unk>/<s>/</s>, Tekken's
+    1000 control tokens), in old id order: they keep their places at the front of the new vocabulary."""
+    vocab = _vocab_ids(spec["model"])
+    return [t["content"] for t in sorted(spec.get("added_tokens", []), key=lambda t: t["id"]) if t["content"] in vocab]
+
+
+def _vocab_ids(model: dict[str, Any]) -> dict[str, int]:
+    if model["type"] == "BPE":
+        return model["vocab"]
+    return {piece: i for i, (piece, _score) in enumerate(model["vocab"])}
+
+
+def _vocab_len(spec: dict[str, Any]) -> int:
+    ids = list(_vocab_ids(spec["model"]).values()) + [t["id"] for t in spec.get("added_tokens", [])]
+    return max(ids) + 1
+
+
+def _merge_pairs(merges: list) -> list[tuple[str, str]]:
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+def _reserved(spec: dict[str, Any], style: Style) -> list[str]:
+    """Old tokens every new vocabulary starts with: in-model special tokens, then byte tokens."""
+    reserved = _added_in_model(spec)
+    if style == "sentencepiece" and spec["model"].get("byte_fallback"):
+        reserved += [b for b in BYTE_TOKENS if b not in reserved]
+    return reserved
+
+
+def _finish(spec: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """Put ``model`` into the old pipeline; re-number added tokens and the post-processor's special ids."""
+    new = copy.deepcopy(spec)
+    new["model"] = model
+    vocab = _vocab_ids(model)
+    next_id = max(vocab.values()) + 1
+    for token in sorted(new.get("added_tokens", []), key=lambda t: t["id"]):
+        if token["content"] in vocab:
+            token["id"] = vocab[token["content"]]
+        else:  # added tokens outside the model vocabulary (Llama-3's <|eot_id|> ...) go after it
+            token["id"] = next_id
+            next_id += 1
+    ids = {t["content"]: t["id"] for t in new.get("added_tokens", [])} | vocab
+    _remap_post_processor(new.get("post_processor"), ids)
+    return new
+
+
+def _remap_post_processor(node: Any, ids: dict[str, int]) -> None:
+    if isinstance(node, dict):
+        for entry in (node.get("special_tokens") or {}).values():
+            entry["ids"] = [ids[t] for t in entry["tokens"]]
+        for value in node.values():
+            _remap_post_processor(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _remap_post_processor(value, ids)
+
+
+def _outside_added(spec: dict[str, Any]) -> int:
+    vocab = _vocab_ids(spec["model"])
+    return sum(t["content"] not in vocab for t in spec.get("added_tokens", []))
+
+
+def _whole_new(spec, style, texts, options: VocabOptions):
+    reserved = _reserved(spec, style)
+    train_size = options.vocab_size - len(reserved) - _outside_added(spec)
+    alphabet_floor = 256 if style == "byte_level" else 0
+    if train_size <= alphabet_floor:
+        raise LEPError(
+            f"vocab_size {options.vocab_size} is too small: {len(reserved) + _outside_added(spec)} old special, added "
+            f"and byte tokens are always kept{' and the byte-level alphabet needs 256' if alphabet_floor else ''}"
+        )
+    trained = _train(spec, style, texts, options.method, train_size, options)
+    if options.method == "bpe":
+        vocab = {t: i for i, t in enumerate(reserved)}
+        for token in sorted(trained["vocab"], key=trained["vocab"].get):
+            vocab.setdefault(token, len(vocab))
+        model = {**spec["model"], "vocab": vocab, "merges": trained["merges"]} if spec["model"]["type"] == "BPE" else {
+            "type": "BPE", "vocab": vocab, "merges": trained["merges"], "dropout": None, "unk_token": None,
+            "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
+            "byte_fallback": style == "sentencepiece", "ignore_merges": False,
+        }
+    else:
+        pieces = [(p, s) for p, s in trained["vocab"] if p not in set(reserved)]
+        floor = min((s for _, s in pieces), default=0.0) - 20.0  # reserved pieces: never chosen by Viterbi
+        model = {
+            "type": "Unigram",
+            "vocab": [[t, floor] for t in reserved] + [[p, s] for p, s in pieces],
+            "unk_id": reserved.index(spec["model"].get("unk_token") or "<unk>") if "<unk>" in reserved else None,
+            "byte_fallback": style == "sentencepiece",
+        }
+    return _finish(spec, model), {"trained_size": len(_vocab_ids(trained)), "reserved": len(reserved)}
+
+
+def _extend(spec, style, texts, options: VocabOptions, keep_ids: set[int] | None):
+    if spec["model"]["type"] != "BPE":
+        raise LEPError(f"method {options.method!r} needs a BPE tokenizer, this one is {spec['model']['type']}")
+    old_vocab: dict[str, int] = spec["model"]["vocab"]
+    old_merges = _merge_pairs(spec["model"]["merges"])
+    if keep_ids is None:
+        kept = dict(old_vocab)
+        merges = old_merges
+    else:
+        order = sorted((i, t) for t, i in old_vocab.items() if i in keep_ids)
+        kept = {t: n for n, (_, t) in enumerate(order)}
+        merges = [(a, b) for a, b in old_merges if a in kept and b in kept and a + b in kept]
+    added = {t["content"] for t in spec.get("added_tokens", [])}
+    trained = _train(spec, style, texts, "bpe", options.vocab_size, options)
+    next_id = (max(old_vocab.values()) + 1) if keep_ids is None else len(kept)
+    if keep_ids is None:  # appended after every old id, added tokens included: old ids keep their meaning
+        next_id = max([next_id] + [t["id"] + 1 for t in spec.get("added_tokens", [])])
+    vocab = dict(kept)
+    new_tokens = 0
+    for token in sorted(trained["vocab"], key=trained["vocab"].get):
+        if token not in vocab and token not in added:
+            vocab[token] = next_id
+            next_id += 1
+            new_tokens += 1
+    seen: set[tuple[str, str]] = set()
+    all_merges = []
+    for pair in _merge_pairs(trained["merges"]) + merges:
+        if pair not in seen:
+            seen.add(pair)
+            all_merges.append(list(pair))
+    model = {**spec["model"], "vocab": vocab, "merges": all_merges}
+    stats = {"new_tokens": new_tokens, "kept_old_tokens": len(kept), "trained_size": len(trained["vocab"])}
+    return _finish(spec, model), stats
+
+
+def _most_frequent(old, spec, style, texts, options: VocabOptions) -> set[int]:
+    """Old model-vocabulary ids to keep: the most frequent on the corpus, closed under merges, always with
+    special/added tokens and the byte alphabet, ``options.keep`` in all."""
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    if options.keep > len(vocab):
+        raise LEPError(f"keep {options.keep} is larger than the old vocabulary ({len(vocab)} tokens)")
+    from tokenizers import pre_tokenizers
+
+    forced_tokens = _reserved(spec, style)
+    if style == "byte_level":
+        forced_tokens += [c for c in pre_tokenizers.ByteLevel.alphabet() if c in vocab]
+    forced = {vocab[t] for t in forced_tokens if t in vocab}
+    if options.keep < len(forced):
+        raise LEPError(f"keep {options.keep} is smaller than the {len(forced)} special, added and byte tokens always kept")
+
+    counts = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    backend = old.backend_tokenizer
+    batch: list[str] = []
+    for text in texts():
+        batch.append(text)
+        if len(batch) == 256:
+            _count(backend, batch, counts)
+            batch = []
+    _count(backend, batch, counts)
+
+    parent = {}
+    for a, b in _merge_pairs(spec["model"]["merges"]):
+        parent.setdefault(vocab.get(a + b, -1), (vocab[a], vocab[b]))
+    kept = set(forced)
+
+    def closure(token: int) -> set[int]:
+        need, stack = set(), [token]
+        while stack:
+            t = stack.pop()
+            if t in kept or t in need:
+                continue
+            need.add(t)
+            stack.extend(parent.get(t, ()))
+        return need
+
+    for token in np.lexsort((np.arange(counts.size), -counts)):
+        if len(kept) >= options.keep:
+            break
+        token = int(token)
+        if token in kept or counts[token] == 0 and token not in set(vocab.values()):
+            continue
+        need = closure(token)
+        if len(kept) + len(need) <= options.keep:
+            kept |= need
+    return kept
+
+
+def _count(backend, batch: list[str], counts: np.ndarray) -> None:
+    if not batch:
+        return
+    for encoding in backend.encode_batch(batch, add_special_tokens=False):
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        counts += np.bincount(ids[ids < counts.size], minlength=counts.size)

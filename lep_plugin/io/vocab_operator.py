@@ -1,0 +1,91 @@
+"""The vocabulary operator T between two tokenizers, and embedding conversion of an in-memory model.
+
+T is built from the tokenizers alone (``lep_plugin.math.operator`` does the tensor work): each new token
+is split into old tokens by running the *old model* (BPE/Unigram) on the new token's raw piece string.
+Both vocabularies of one style share the piece alphabet (``▁`` + byte fallback, or the byte-level
+alphabet), so this is exact and needs none of the decode/re-encode tricks around SentencePiece's dummy
+leading space. Tokenizers of different styles fall back to decode → re-encode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lep_plugin.errors import LEPError
+from lep_plugin.io.tokenizers import tokenizer_json, tokenizer_style
+from lep_plugin.math.operator import Weighting, apply_operator, build_operator
+
+
+def token_pieces(new_tok, old_tok) -> list[list[int]]:
+    """For every new id, the old ids it is averaged from (empty list for id holes)."""
+    old_vocab = old_tok.get_vocab()
+    new_vocab = new_tok.get_vocab()
+    same_style = tokenizer_style(tokenizer_json(new_tok)) == tokenizer_style(tokenizer_json(old_tok))
+    old_model = old_tok.backend_tokenizer.model
+    pieces: list[list[int]] = [[] for _ in range(max(new_vocab.values()) + 1)]
+    for token, new_id in new_vocab.items():
+        if token in old_vocab:
+            pieces[new_id] = [old_vocab[token]]
+        elif same_style:
+            pieces[new_id] = [t.id for t in old_model.tokenize(token)]
+        else:
+            text = new_tok.convert_tokens_to_string([token])
+            pieces[new_id] = old_tok(text, add_special_tokens=False)["input_ids"]
+    return pieces
+
+
+def vocabulary_operator(
+    new_tok, old_tok, weighting: Weighting = "mean", num_rows: int | None = None, num_old_rows: int | None = None
+) -> torch.Tensor:
+    """Sparse CSR T of shape (num_rows, num_old_rows): new-vocabulary rows from old-vocabulary rows.
+
+    ``num_rows`` ≥ the new tokenizer's ids adds padding rows (empty, so they get the mean of trained
+    rows); ``num_old_rows`` ≥ the old tokenizer's ids matches a padded old embedding matrix.
+    """
+    pieces = token_pieces(new_tok, old_tok)
+    old_ids = max(old_tok.get_vocab().values()) + 1
+    num_old_rows = num_old_rows or old_ids
+    if num_old_rows < old_ids:
+        raise LEPError(f"the model has {num_old_rows} embedding rows but its tokenizer uses ids up to {old_ids - 1}")
+    num_rows = num_rows or len(pieces)
+    if num_rows < len(pieces):
+        raise LEPError(f"{num_rows} rows cannot hold the new tokenizer's {len(pieces)} ids")
+    pieces += [[] for _ in range(num_rows - len(pieces))]
+    return build_operator(pieces, num_old_rows, weighting)
+
+
+def padded_size(size: int, multiple: int | None) -> int:
+    return size if not multiple else -(-size // multiple) * multiple
+
+
+def convert_embeddings(model, new_tok, old_tok, pad_to_multiple_of: int | None = None, weighting: Weighting = "mean") -> torch.Tensor:
+    """Give an in-memory HF model the new vocabulary: T-initialised input and output embeddings
+    (separately, or once if tied), resized, config ids updated. Returns T."""
+    embed_in = model.get_input_embeddings()
+    embed_out = model.get_output_embeddings()
+    tied = embed_out is not None and embed_out.weight is embed_in.weight
+    rows = padded_size(len(new_tok), pad_to_multiple_of)
+    operator = vocabulary_operator(new_tok, old_tok, weighting, rows, embed_in.weight.shape[0])
+    with torch.no_grad():
+        new_in = apply_operator(operator, embed_in.weight.detach())
+        new_out = None if tied or embed_out is None else apply_operator(operator, embed_out.weight.detach())
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        model.get_input_embeddings().weight.copy_(new_in)
+        if new_out is not None:
+            model.get_output_embeddings().weight.copy_(new_out)
+    update_config_ids(model.config, new_tok, rows)
+    if getattr(model, "generation_config", None) is not None:
+        update_config_ids(model.generation_config, new_tok, None)
+    return operator
+
+
+def update_config_ids(config, tok, vocab_size: int | None) -> None:
+    """vocab_size and bos/eos/pad ids of a model or generation config, from the tokenizer."""
+    if vocab_size is not None:
+        config.vocab_size = vocab_size
+        if hasattr(config, "get_text_config"):
+            config.get_text_config().vocab_size = vocab_size
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(tok, f"{name}_token_id", None)
+        if token_id is not None or hasattr(config, f"{name}_token_id"):
+            setattr(config, f"{name}_token_id", token_id)

@@ -1,0 +1,73 @@
+"""Session fixtures shared by all tests. Built once per session into a temporary dir (no hub access).
+
+Reusable builders live in ``tests/fixtures.py`` (``from fixtures import ...``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from fixtures import (  # noqa: E402
+    RU_HELDOUT,
+    RU_TRAIN,
+    SHARED_DATA,
+    build_mistral_tokenizer,
+    build_tekken_tokenizer,
+    build_tiny_model,
+    write_corpus_slice,
+)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the test suite reads ../shared/data beside the project")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tmp_path_factory):
+    return build_mistral_tokenizer(tmp_path_factory.mktemp("tok") / "mistral")
+
+
+@pytest.fixture(scope="session")
+def tekken_tokenizer(tmp_path_factory):
+    return build_tekken_tokenizer(tmp_path_factory.mktemp("tok") / "tekken")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory, mistral_tokenizer):
+    """Tiny random MistralForCausalLM (d=64, 2 layers, untied) with the real Mistral-7B tokenizer."""
+    return build_tiny_model("mistral", mistral_tokenizer, tmp_path_factory.mktemp("model") / "tiny-mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tekken_tokenizer):
+    """Tiny random LlamaForCausalLM (d=64, 2 layers, untied) with the 131k byte-level Tekken tokenizer."""
+    return build_tiny_model("llama", tekken_tokenizer, tmp_path_factory.mktemp("model") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tied(tmp_path_factory, mistral_tokenizer):
+    """Tiny random LlamaForCausalLM with tied embeddings and the Mistral tokenizer."""
+    return build_tiny_model("llama", mistral_tokenizer, tmp_path_factory.mktemp("model") / "tiny-llama-tied", tie=True)
+
+
+@pytest.fixture(scope="session")
+def ru_corpus_small(tmp_path_factory, shared_data):
+    """The first 400 documents (~1.4M chars) of ru/train.jsonl, for vocabulary builds in seconds."""
+    return write_corpus_slice(RU_TRAIN, tmp_path_factory.mktemp("corpus") / "ru-small.jsonl", 400)
+
+
+@pytest.fixture(scope="session")
+def ru_heldout(shared_data):
+    return RU_HELDOUT
