@@ -1,0 +1,41 @@
+# One environment (.venv) for everything; `make test` and `make demo` create or reuse it.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+SHARED ?= ../shared/data
+OUT ?= out/demo
+
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export AXOLOTL_DO_NOT_TRACK := 1
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-fast demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first (a plain `torch` requirement would pull a multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not e2e"
+
+demo: install
+	$(PY) -m lep_plugin.cli.lep demo --output $(OUT)
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,295 @@
+"""Copy-instruction examples for the calibration step (METHOD.md, step 5).
+
+Each example is one Axolotl chat-format record::
+
+    {"messages": [{"role": "user", "content": "<request to repeat>\\n\\n<text>"},
+                  {"role": "assistant", "content": "<text>"}]}
+
+where ``<text>`` is one *unit* of a source corpus, a sentence or a paragraph, copied byte for byte, and
+the request is phrased in the unit's language (Russian or English) in one of several wordings picked
+by a seeded random generator, so the same inputs and seed always give the same file.
+
+Units never cross a line break: a paragraph is one ``\\n``-separated line of a document (the convention of
+the ``.jsonl`` corpora, whose ``text`` joins whole paragraphs with ``\\n``; in a ``.txt`` file it is a line),
+and sentences are cut inside a paragraph by :func:`split_sentences`.
+
+The pure part (:func:`split_sentences`, :func:`text_units`, :func:`detect_language`,
+:func:`copy_example`, :func:`build_copy_examples`) works on strings; :func:`write_copy_task` reads the
+files and writes the output atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lep_plugin.errors import LEPError
+from lep_plugin.io.corpus import expand_corpus, iter_texts
+
+LANGUAGES = ("ru", "en")
+
+# Requests to copy, per language. "{text}" marks where the unit goes; most wordings put the text after
+# the request, a few before it, so a model cannot learn to copy only from one position.
+PROMPTS: dict[str, tuple[str, ...]] = {
+    "ru": (
+        "Повтори этот текст дословно:\n\n{text}",
+        "Перепиши следующий текст без изменений.\n\n{text}",
+        "Скопируй текст ниже в точности, ничего не добавляя и не убирая.\n\n{text}",
+        "Повтори, пожалуйста, слово в слово:\n\n{text}",
+        "Напиши ровно то же самое, что написано ниже.\n\n{text}",
+        "Вот текст:\n\n{text}\n\nПовтори его точно, символ в символ.",
+        "Воспроизведи этот фрагмент без единого изменения:\n\n{text}",
+        "{text}\n\nПерепиши это дословно.",
+    ),
+    "en": (
+        "Repeat this text exactly:\n\n{text}",
+        "Copy the following text without any changes.\n\n{text}",
+        "Rewrite the text below word for word, adding nothing and leaving nothing out.\n\n{text}",
+        "Please repeat, verbatim:\n\n{text}",
+        "Write exactly the same thing as written below.\n\n{text}",
+        "Here is a text:\n\n{text}\n\nRepeat it exactly, character for character.",
+        "Reproduce this passage without a single change:\n\n{text}",
+        "{text}\n\nCopy this out verbatim.",
+    ),
+}
+
+
+class CopyTaskOptions(BaseModel):
+    """How copy examples are made from a corpus (the ``lep data copy-task`` options)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int | None = Field(
+        None, ge=1, description="Number of examples (sampled without replacement); all units if not given."
+    )
+    seed: int = Field(0, description="Seed for sampling, order and wording; same inputs + seed = same file.")
+    unit: Literal["sentence", "paragraph"] = Field("sentence", description="What one example copies.")
+    language_prompts: tuple[str, ...] = Field(
+        ",".join(LANGUAGES),
+        validate_default=True,
+        description="Languages the request may be phrased in (comma-separated, from ru,en); a text gets its own "
+        "language if listed, else the first one.",
+    )
+    text_field: str = Field("text", description="Field holding the text in .jsonl inputs.")
+    min_chars: int = Field(10, ge=1, description="Skip units shorter than this many characters.")
+    max_chars: int = Field(1000, ge=1, description="Skip units longer than this many characters (never truncated).")
+
+    @field_validator("language_prompts", mode="before")
+    @classmethod
+    def _split_languages(cls, value):
+        if isinstance(value, str):
+            value = [value]
+        langs: list[str] = []
+        for item in value:
+            for lang in str(item).split(","):
+                lang = lang.strip().lower()
+                if not lang:
+                    continue
+                if lang not in PROMPTS:
+                    raise ValueError(f"unknown language {lang!r} (known: {', '.join(PROMPTS)})")
+                if lang not in langs:
+                    langs.append(lang)
+        if not langs:
+            raise ValueError("give at least one language")
+        return tuple(langs)
+
+    @field_validator("max_chars")
+    @classmethod
+    def _max_over_min(cls, value, info):
+        low = info.data.get("min_chars")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least min_chars ({low})")
+        return value
+
+
+# --- sentence splitting ----------------------------------------------------------------------------
+
+# A candidate boundary: end punctuation (".", "!", "?", "…", runs like "?!" or "..."), optional closing
+# quotes/brackets, whitespace, and then something that starts a sentence: a capital letter or digit
+# (perhaps after an opening quote or bracket), or a dialogue dash followed by one. Requiring a capital
+# keeps "т. е. так" and "— Куда? — спросил он." (lower-case after the dash) in one sentence.
+_BOUNDARY = re.compile(
+    r"""[.!?…]+[»"”’)\]]*"""
+    r"""(?P<gap>\s+)"""
+    r"""(?=[«"“„'(\[]?[A-ZА-ЯЁ0-9]|[-–—]\s*[«"“„]?[A-ZА-ЯЁ0-9])"""
+)
+# Words after which a full stop does not end a sentence (compared lower-cased, without the dot).
+_ABBREVIATIONS = frozenset(
+    """mr mrs ms dr prof st jr sr vs etc e.g i.e fig vol pp
+    г гг тт см ср стр им ул проф акад доц рис напр""".split()
+)
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Sentences of one paragraph (no ``\\n`` expected), each an exact substring, outer spaces stripped.
+
+    Deterministic regex rules, good enough for Russian and English prose: a sentence ends at ``.``,
+    ``!``, ``?`` or ``…`` (plus closing quotes) when the next non-space character starts a new
+    sentence (see ``_BOUNDARY``); not after a known abbreviation (``Mr.``, ``г.``, ``см.``) or a single
+    capital letter (initials such as ``А. С. Пушкин``).
+    """
+    sentences: list[str] = []
+    start = 0
+    for match in _BOUNDARY.finditer(paragraph):
+        end = match.start("gap")
+        if match.group(0).startswith(".") and _no_break_before(paragraph[start : match.start()]):
+            continue
+        piece = paragraph[start:end].strip()
+        if piece:
+            sentences.append(piece)
+        start = match.end()
+    tail = paragraph[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+def _no_break_before(head: str) -> bool:
+    """True when the word ending ``head`` (just before a ".") is an abbreviation or an initial."""
+    word = re.search(r"(\w[\w.]*)$", head)
+    if word is None:
+        return False
+    token = word.group(1)
+    if len(token) == 1 and token.isupper():
+        return True
+    return token.lower() in _ABBREVIATIONS
+
+
+def text_units(text: str, unit: Literal["sentence", "paragraph"]) -> Iterator[str]:
+    """Paragraphs (``\\n``-separated lines, stripped) or sentences of ``text``, in order."""
+    for line in text.split("\n"):
+        paragraph = line.strip()
+        if not paragraph:
+            continue
+        if unit == "paragraph":
+            yield paragraph
+        else:
+            yield from split_sentences(paragraph)
+
+
+# --- examples --------------------------------------------------------------------------------------
+
+_CYRILLIC = re.compile(r"[\u0400-\u04FF]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def detect_language(text: str) -> str:
+    """"ru" when Cyrillic letters outnumber Latin ones, else "en"."""
+    return "ru" if len(_CYRILLIC.findall(text)) > len(_LATIN.findall(text)) else "en"
+
+
+def copy_example(text: str, prompt: str) -> dict:
+    """One chat record: ``prompt`` (with ``{text}``) as the user turn, ``text`` verbatim as the answer."""
+    return {
+        "messages": [
+            {"role": "user", "content": prompt.replace("{text}", text)},
+            {"role": "assistant", "content": text},
+        ]
+    }
+
+
+def _sample_units(units: Iterable[str], options: CopyTaskOptions) -> tuple[list[str], int]:
+    """Distinct units that pass the length filter: all of them, or a seeded reservoir sample of
+    ``options.samples`` (streaming, so memory is bounded by the sample, plus 8 bytes per distinct unit
+    for duplicate detection). Returns (sample in seeded random order, number of candidates seen)."""
+    rng = random.Random(options.seed)
+    seen: set[bytes] = set()
+    chosen: list[str] = []
+    count = 0
+    for unit in units:
+        if not (options.min_chars <= len(unit) <= options.max_chars):
+            continue
+        key = hashlib.blake2b(unit.encode("utf-8"), digest_size=8).digest()
+        if key in seen:
+            continue
+        seen.add(key)
+        count += 1
+        if options.samples is None or len(chosen) < options.samples:
+            chosen.append(unit)
+        else:
+            slot = rng.randrange(count)
+            if slot < options.samples:
+                chosen[slot] = unit
+    rng.shuffle(chosen)
+    return chosen, count
+
+
+def build_copy_examples(texts: Iterable[str], options: CopyTaskOptions) -> tuple[list[dict], int]:
+    """Copy examples from documents ``texts`` (pure: no I/O) and the number of distinct units that
+    could have been used. Raises :class:`LEPError` if no unit fits."""
+    units = (u for text in texts for u in text_units(text, options.unit))
+    chosen, count = _sample_units(units, options)
+    if not chosen:
+        raise LEPError(
+            f"no {options.unit} of {options.min_chars}-{options.max_chars} characters found in the input"
+        )
+    # A second generator for the wording, so the sample does not depend on the prompt list.
+    wording = random.Random(f"copy-task-wording:{options.seed}")
+    examples = []
+    for unit in chosen:
+        lang = detect_language(unit)
+        if lang not in options.language_prompts:
+            lang = options.language_prompts[0]
+        examples.append(copy_example(unit, wording.choice(PROMPTS[lang])))
+    return examples, count
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def write_jsonl_atomic(records: Iterable[dict], output: Path, force: bool = False) -> int:
+    """Write ``records`` as JSON lines to a temp file beside ``output``, then rename it into place."""
+    output = Path(output)
+    _check_output_file(output, force)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.tmp-", dir=output.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _check_output_file(output: Path, force: bool) -> None:
+    if output.is_dir():
+        raise LEPError(f"output {output} is a directory")
+    if output.exists() and not force:
+        raise LEPError(f"output {output} already exists (use --force to replace it)")
+    if not output.parent.is_dir():
+        raise LEPError(f"parent directory of output {output} does not exist")
+
+
+def write_copy_task(
+    text_files: Iterable[str | os.PathLike], output: Path, options: CopyTaskOptions, force: bool = False
+) -> dict[str, int]:
+    """Read ``text_files`` (.jsonl with ``options.text_field`` or .txt; globs allowed), write the copy
+    examples to ``output`` atomically. Returns counts: examples, candidates, and examples per language."""
+    output = Path(output)
+    # All checks before any reading, so a bad call fails at once and writes nothing.
+    _check_output_file(output, force)
+    files = expand_corpus(text_files)
+    out_real = output.resolve()
+    for path in files:
+        if path.resolve() == out_real:
+            raise LEPError(f"output {output} is also an input file; choose another output")
+    examples, candidates = build_copy_examples(iter_texts(files, options.text_field), options)
+    written = write_jsonl_atomic(examples, output, force=force)
+    languages = Counter(detect_language(e["messages"][1]["content"]) for e in examples)
+    return {"examples": written, "candidates": candidates, **{f"texts_{k}": v for k, v in sorted(languages.items())}}
