@@ -15,7 +15,7 @@ from lep_plugin.math.operator import apply_operator
 
 METHODS = {
     "bpe": VocabOptions(method="bpe", vocab_size=6000),
-    "unigram": VocabOptions(method="unigram", vocab_size=6000, max_chars=400_000),
+    "unigram": VocabOptions(method="unigram", vocab_size=6000, max_chars=250_000),
     "extend": VocabOptions(method="extend", vocab_size=6000),
     "optimize": VocabOptions(method="optimize", vocab_size=6000, keep=12000),
 }
@@ -140,3 +140,43 @@ def test_position_weighting_favours_later_pieces(built):
     assert mean[multi, p].tolist() == pytest.approx([1 / 3] * 3)
     assert position[multi, p].tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6])
     assert torch.allclose(position.sum(1), torch.ones(len(new), dtype=position.dtype))
+
+
+def test_convert_checkpoint_streams_and_initialises(built, tiny_mistral, tmp_path):
+    """`lep vocab convert`: loads with AutoModelForCausalLM, embeddings equal T·old, other tensors and
+    shards untouched."""
+    import hashlib
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lep_plugin.cli.lep import main
+
+    _, out = built
+    new_dir = out["mistral", "extend"]
+    target = tmp_path / "converted"
+    main(["vocab", "convert", "--model", str(tiny_mistral), "--tokenizer", str(new_dir), "--output", str(target), "--pad-to-multiple-of", "64"])
+    old_model = AutoModelForCausalLM.from_pretrained(tiny_mistral)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    tok = AutoTokenizer.from_pretrained(target)
+    old_tok, new_tok = load_tokenizer(tiny_mistral), load_tokenizer(new_dir)
+    rows = -(-len(new_tok) // 64) * 64
+    assert model.config.vocab_size == rows == model.get_input_embeddings().weight.shape[0]
+    assert len(tok) == len(new_tok) and tok.chat_template == old_tok.chat_template
+    operator = vocabulary_operator(new_tok, old_tok, num_rows=rows)
+    torch.testing.assert_close(model.get_input_embeddings().weight, apply_operator(operator, old_model.get_input_embeddings().weight.detach()))
+    torch.testing.assert_close(model.get_output_embeddings().weight, apply_operator(operator, old_model.get_output_embeddings().weight.detach()))
+    old_state, new_state = old_model.state_dict(), model.state_dict()
+    for name, tensor in old_state.items():
+        if "embed_tokens" not in name and "lm_head" not in name:
+            assert torch.equal(tensor, new_state[name]), name
+    # shards without an embedding are byte-identical copies
+    index = json.loads((tiny_mistral / "model.safetensors.index.json").read_text())["weight_map"]
+    untouched = set(index.values()) - {index["model.embed_tokens.weight"], index["lm_head.weight"]}
+    assert untouched
+    for shard in untouched:
+        digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+        assert digest(tiny_mistral / shard) == digest(target / shard)
+    assert read_manifest(target)["method"] == "extend"
+    ids = tok("Привет, мир", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3

@@ -345,11 +345,13 @@ def _most_frequent(old, spec, style, texts, options: VocabOptions) -> set[int]:
             stack.extend(parent.get(t, ()))
         return need
 
-    for token in np.lexsort((np.arange(counts.size), -counts)):
+    in_vocab = np.zeros(counts.size, dtype=bool)
+    in_vocab[list(vocab.values())] = True
+    for token in np.lexsort((np.arange(counts.size), -counts)):  # most frequent first, ties by lowest id
         if len(kept) >= options.keep:
             break
         token = int(token)
-        if token in kept or counts[token] == 0 and token not in set(vocab.values()):
+        if token in kept or not in_vocab[token]:
             continue
         need = closure(token)
         if len(kept) + len(need) <= options.keep:
