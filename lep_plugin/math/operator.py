@@ -96,7 +96,6 @@ def apply_operator(
     operator: torch.Tensor,
     old: torch.Tensor,
     trained: torch.Tensor | None = None,
-    block_rows: int = 65536,
 ) -> torch.Tensor:
     """``T · old`` in ``old``'s dtype, computed in float32 (float64 if ``old`` is float64).
 
@@ -111,19 +110,11 @@ def apply_operator(
     op = restrict_to_rows(operator, trained)
     missing = empty_rows(op)
     source = old.to(compute)
-    fallback = source[trained].mean(0) if bool(trained.any()) else source.mean(0)
-    op = op.to(compute)
-    out = torch.empty(op.shape[0], old.shape[1], dtype=old.dtype)
-    for start in range(0, op.shape[0], block_rows):
-        stop = min(start + block_rows, op.shape[0])
-        block = _row_block(op, start, stop)
-        rows = torch.sparse.mm(block, source)
-        rows[missing[start:stop]] = fallback
-        out[start:stop] = rows.to(old.dtype)
-    return out
-
-
-def _row_block(csr: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    crow = csr.crow_indices()
-    lo, hi = int(crow[start]), int(crow[stop])
-    return csr_matrix(crow[start : stop + 1] - lo, csr.col_indices()[lo:hi], csr.values()[lo:hi], (stop - start, csr.shape[1]))
+    weights = trained.to(compute) if bool(trained.any()) else torch.ones(source.shape[0], dtype=compute)
+    fallback = (weights @ source) / weights.sum()  # mean of trained rows without copying them
+    # T · old is a weighted-sum embedding bag over T's CSR rows: one pass of a fast CPU kernel
+    rows = torch.nn.functional.embedding_bag(
+        op.col_indices(), source, op.crow_indices()[:-1], mode="sum", per_sample_weights=op.values().to(compute)
+    )
+    rows[missing] = fallback
+    return rows.to(old.dtype)
