@@ -8,12 +8,10 @@ from lep_plugin.math.operator import apply_operator, build_operator, trained_row
 
 def test_mean_and_position_weights():
     pieces = [[0], [1, 2], [], [3, 3, 1]]
-    assert build_operator(pieces, 5).to_dense().tolist() == pytest.approx(
-        [[1, 0, 0, 0, 0], [0, 0.5, 0.5, 0, 0], [0] * 5, [0, 1 / 3, 0, 2 / 3, 0]]
-    )
-    assert build_operator(pieces, 5, "position").to_dense().tolist() == pytest.approx(
-        [[1, 0, 0, 0, 0], [0, 1 / 3, 2 / 3, 0, 0], [0] * 5, [0, 0.5, 0, 0.5, 0]]
-    )
+    mean = torch.tensor([[1, 0, 0, 0, 0], [0, 0.5, 0.5, 0, 0], [0] * 5, [0, 1 / 3, 0, 2 / 3, 0]], dtype=torch.float64)
+    position = torch.tensor([[1, 0, 0, 0, 0], [0, 1 / 3, 2 / 3, 0, 0], [0] * 5, [0, 0.5, 0, 0.5, 0]], dtype=torch.float64)
+    torch.testing.assert_close(build_operator(pieces, 5).to_dense(), mean)
+    torch.testing.assert_close(build_operator(pieces, 5, "position").to_dense(), position)
 
 
 def test_untrained_rows_are_skipped_and_empty_rows_get_the_trained_mean():
