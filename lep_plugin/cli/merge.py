@@ -1,0 +1,108 @@
+"""``lep-merge``: carry adapted embeddings into the instruct model (LEP step 4).
+
+    lep-merge --base BASE --instruct INSTRUCT --adapted ADAPTED --method conversion --output OUT
+    lep-merge CONFIG.yml [--flags that override it]
+    axolotl lep-merge CONFIG.yml            (through Axolotl's ``axolotl.cli_commands`` entry point)
+
+The YAML file holds the same settings as the flags, either at its top level or under a ``lep_merge:``
+section (so they can live in the Axolotl config of the embedding training run).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pydantic
+from pydantic import Field, create_model
+
+from lep_plugin.cli.options import options_from_model, run_cli, validation_message
+from lep_plugin.errors import LEPError
+from lep_plugin.io.merge import MergeOptions
+
+YAML_SECTION = "lep_merge"
+
+# Every MergeOptions field as an optional flag: required fields may come from the YAML file instead,
+# so the full model is validated only after the file and the flags are combined.
+_MergeFlags = create_model(
+    "MergeFlags",
+    __config__=pydantic.ConfigDict(frozen=True),
+    **{
+        name: (
+            info.annotation | None,
+            Field(
+                default=None,
+                description=(info.description or "")
+                + ("  [required]" if info.is_required() else f"  [default: {info.default}]" if info.default not in (None, False) else ""),
+            ),
+        )
+        for name, info in MergeOptions.model_fields.items()
+    },
+)
+
+
+def read_yaml_settings(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LEPError(f"config file {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise LEPError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LEPError(f"config file {path} must hold a mapping of settings")
+    if YAML_SECTION in data:
+        data = data[YAML_SECTION]
+        if not isinstance(data, dict):
+            raise LEPError(f"`{YAML_SECTION}:` in {path} must be a mapping of settings")
+    return data
+
+
+def merge_options(config: Path | None, flags: pydantic.BaseModel) -> MergeOptions:
+    """MergeOptions from the YAML file (if any) overridden by the flags given on the command line."""
+    values = read_yaml_settings(config) if config is not None else {}
+    values = {**values, **flags.model_dump(exclude_none=True)}
+    try:
+        return MergeOptions(**values)
+    except pydantic.ValidationError as err:
+        where = f" in {config}" if config is not None else ""
+        raise LEPError(f"invalid settings{where}: {validation_message(err)}") from None
+
+
+def _run(config: Path | None, options: pydantic.BaseModel) -> None:
+    from lep_plugin.io.merge import run_merge
+
+    run_merge(merge_options(config, options), echo=click.echo)
+
+
+@click.command(name="lep-merge", help=__doc__.split("\n\n")[0])
+@click.argument("config", required=False, type=click.Path(path_type=Path))
+@options_from_model(_MergeFlags)
+def merge_command(config: Path | None, options) -> None:
+    _run(config, options)
+
+
+@click.command(name="lep-merge", help="LEP propagation step: settings from CONFIG (a `lep_merge:` section or top-level keys).")
+@click.argument("config", required=False, type=click.Path(path_type=Path))
+@options_from_model(_MergeFlags)
+def axolotl_command(config: Path | None, options) -> None:
+    # Axolotl's CLI shows tracebacks for unknown exceptions: keep the one-line error convention.
+    try:
+        _run(config, options)
+    except LEPError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written", err=True)
+        sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(merge_command, argv)
+
+
+if __name__ == "__main__":
+    main()

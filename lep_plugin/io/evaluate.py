@@ -1,0 +1,313 @@
+"""Running the label-free evaluation on a model: batched greedy copy tasks and bits per character.
+
+Shared by ``lep eval`` (models loaded from disk) and the training callback (the model being trained).
+The metric arithmetic lives in :mod:`lep_plugin.math.metrics`; here are the model calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from lep_plugin.errors import LEPError
+from lep_plugin.io.eval_data import CopyTasks, PromptStyle, copy_prompt_ids, load_copy_tasks, resolve_prompt_style, text_labels
+from lep_plugin.math import metrics
+
+# Copy-task and statistic names, in table order.
+METRICS = ("sentence_copy", "paragraph_copy", "chars_per_token", "tokens_per_word", "gen_chars_per_token", "bits_per_char")
+
+
+class EvalSettings(BaseModel):
+    """How the evaluation runs (shared by ``lep eval`` and the ``lep: eval:`` training callback)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int = Field(16, ge=1, description="Sentences and paragraphs sampled per text file.")
+    seed: int = Field(0, description="Seed of the sentence/paragraph sampling.")
+    shots: int = Field(3, ge=0, description="Few-shot examples in the plain prompt of base models.")
+    prompt_style: PromptStyle = Field(
+        "auto", description="'chat' (zero-shot, chat template), 'base' (plain few-shot) or 'auto' (chat if the tokenizer has a chat template)."
+    )
+    max_new_tokens_sentence: int = Field(128, ge=1, description="Generation limit of the sentence copy task.")
+    max_new_tokens_paragraph: int = Field(1024, ge=1, description="Generation limit of the paragraph copy task.")
+    paragraphs: bool = Field(True, description="Run the paragraph copy task (the slowest part).")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    bpc_chars: int = Field(20_000, ge=0, description="Characters of held-out text scored for bits per character (0: skip).")
+    bpc_window: int = Field(1024, ge=2, description="Token window of the bits-per-character pass (context resets at each window).")
+    text_field: str = Field("text", description="Field of .jsonl text files holding the text.")
+
+
+def load_tasks(paths: Sequence[Path], settings: EvalSettings) -> list[CopyTasks]:
+    """Copy-task samples of every held-out file (all checked before any model is loaded)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise LEPError("no held-out text file given (--text FILE)")
+    return [
+        load_copy_tasks(
+            path,
+            label,
+            settings.samples,
+            seed=settings.seed,
+            shots=settings.shots,
+            text_field=settings.text_field,
+            bpc_chars=settings.bpc_chars,
+        )
+        for path, label in zip(paths, text_labels(paths))
+    ]
+
+
+@contextlib.contextmanager
+def inference_mode(model) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd for the duration; the training mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+_NEWLINE_IDS: dict[str, frozenset[int]] = {}
+
+
+def newline_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of every token whose text contains a newline (the plain prompt's end of a copy)."""
+    key = tokenizer.backend_tokenizer.to_str()[:0] + f"{id(tokenizer)}:{len(tokenizer)}"
+    if key not in _NEWLINE_IDS:
+        size = len(tokenizer)
+        texts = tokenizer.backend_tokenizer.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+        _NEWLINE_IDS[key] = frozenset(i for i, text in enumerate(texts) if "\n" in text)
+    return _NEWLINE_IDS[key]
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """EOS of the tokenizer and of the model's generation config (chat models often end turns differently)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return ids
+
+
+def greedy_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    stop_ids: set[int] | frozenset[int],
+    pad_id: int,
+    batch_size: int = 8,
+) -> list[list[int]]:
+    """Greedy continuations of ``prompts``, batched with left padding and the KV cache.
+
+    Each continuation ends with the first stop token (included) or after ``max_new_tokens``. Prompts are
+    batched in length order to waste little padding; the result is in the order of ``prompts``.
+    """
+    device = model_device(model)
+    stop = torch.tensor(sorted(stop_ids) or [-1], device=device)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    results: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, width - len(prompts[i]) :] = torch.tensor(list(prompts[i]), dtype=torch.long)
+            mask[r, width - len(prompts[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        generated = torch.full((len(rows), max_new_tokens), pad_id, dtype=torch.long, device=device)
+        lengths = torch.zeros(len(rows), dtype=torch.long, device=device)
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        position = positions[:, -1:]
+        for step in range(max_new_tokens):
+            next_ids = out.logits[:, -1, :].argmax(-1)
+            active = ~finished
+            generated[:, step] = torch.where(active, next_ids, generated[:, step])
+            lengths += active.long()
+            finished |= torch.isin(next_ids, stop)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
+            position = position + 1
+            feed = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)[:, None]
+            out = model(input_ids=feed, attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+        for r, i in enumerate(rows):
+            results[i] = generated[r, : int(lengths[r])].tolist()
+    return results
+
+
+def _clean_prediction(tokenizer, tokens: list[int], style: str) -> str:
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if style == "base":
+        text = text.split("\n", 1)[0]  # the plain prompt's copy ends at the newline
+    return text.strip()
+
+
+def _count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def copy_task_scores(model, tokenizer, tasks: CopyTasks, settings: EvalSettings, style: Literal["base", "chat"]) -> dict[str, Any]:
+    """Sentence and paragraph copy scores and characters per generated token on one file's samples."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    stop = set(eos_token_ids(model, tokenizer))
+    if style == "base":
+        stop |= newline_token_ids(tokenizer)
+    gen_chars = gen_tokens = 0
+    result: dict[str, Any] = {}
+    jobs = [("sentence", tasks.sentences, settings.max_new_tokens_sentence)]
+    if settings.paragraphs:
+        jobs.append(("paragraph", tasks.paragraphs, settings.max_new_tokens_paragraph))
+    for kind, sources, limit in jobs:
+        prompts = [copy_prompt_ids(tokenizer, s, style, tasks.shots) for s in sources]
+        outputs = greedy_generate(model, prompts, limit, stop, pad_id, settings.batch_size)
+        scores = []
+        for source, tokens in zip(sources, outputs):
+            prediction = _clean_prediction(tokenizer, tokens, style)
+            predicted_tokens = _count_tokens(tokenizer, prediction)
+            gen_chars += len(prediction)
+            gen_tokens += predicted_tokens
+            if kind == "sentence":
+                scores.append(metrics.sentence_copy_score(predicted_tokens, _count_tokens(tokenizer, source)))
+            else:
+                scores.append(metrics.paragraph_copy_score(prediction, source))
+        result[f"{kind}_copy"] = metrics.mean(scores)
+    if not settings.paragraphs:
+        result["paragraph_copy"] = math.nan
+    result["gen_chars_per_token"] = metrics.chars_per_token(gen_chars, gen_tokens)
+    return result
+
+
+def tokenization_stats(tokenizer, texts: Sequence[str]) -> dict[str, float]:
+    """Characters per token and tokens per whitespace word of ``texts`` (no special tokens)."""
+    chars = sum(len(t) for t in texts)
+    words = sum(len(t.split()) for t in texts)
+    tokens = sum(_count_tokens(tokenizer, t) for t in texts)
+    return {"chars_per_token": metrics.chars_per_token(chars, tokens), "tokens_per_word": metrics.tokens_per_word(tokens, words)}
+
+
+def bits_per_char(model, tokenizer, texts: Sequence[str], window: int = 1024, batch_size: int = 8) -> float:
+    """Bits per character of ``texts`` under the model; every character is paid for by exactly one NLL sum.
+
+    Each text is scored after a start token (BOS, else EOS, as at the start of a document) so its first
+    token is predicted too. Long texts are cut into windows of ``window`` tokens; each window's first
+    prediction is conditioned on the last token of the previous one (truncated context, every token
+    scored once).
+    """
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_positions:
+        window = min(window, int(max_positions))
+    chunks: list[list[int]] = []
+    chars = 0
+    for text in texts:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=start is None)
+        ids = list(encoded["input_ids"])
+        if not ids:
+            continue
+        if start is None:
+            # Nothing to condition the first token on: leave it and its characters out.
+            chars += len(text) - encoded["offset_mapping"][0][1]
+        else:
+            ids = [start] + ids
+            chars += len(text)
+        for a in range(0, len(ids) - 1, window):
+            chunks.append(ids[a : a + window + 1])
+    if chars == 0:
+        raise LEPError("no held-out text to score for bits per character")
+    device = model_device(model)
+    vocab = len(tokenizer)
+    # Bound the float32 logits of one forward pass (~256 MiB) so a 128k vocabulary fits in memory.
+    per_batch = max(1, min(batch_size, (64 << 20) // max(1, window * vocab)))
+    chunks.sort(key=len)
+    nll = 0.0
+    for a in range(0, len(chunks), per_batch):
+        batch = chunks[a : a + per_batch]
+        width = max(len(c) for c in batch) - 1
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, chunk in enumerate(batch):
+            n = len(chunk) - 1
+            ids[r, :n] = torch.tensor(chunk[:-1])
+            labels[r, :n] = torch.tensor(chunk[1:])
+            mask[r, :n] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        total, _ = metrics.summed_token_nll(logits, labels.to(device))
+        nll += total
+    return metrics.bits_per_character(nll, chars)
+
+
+def evaluate_model(model, tokenizer, tasks: Sequence[CopyTasks], settings: EvalSettings, name: str = "model") -> dict[str, Any]:
+    """The result record of one model over every held-out file (model left in its previous train/eval mode)."""
+    style = resolve_prompt_style(tokenizer, settings.prompt_style)
+    began = time.perf_counter()
+    per_text: dict[str, dict[str, Any]] = {}
+    with inference_mode(model):
+        for task in tasks:
+            row: dict[str, Any] = {}
+            row.update(copy_task_scores(model, tokenizer, task, settings, style))
+            row.update(tokenization_stats(tokenizer, task.heldout))
+            row["bits_per_char"] = (
+                bits_per_char(model, tokenizer, task.heldout, settings.bpc_window, settings.batch_size) if settings.bpc_chars else math.nan
+            )
+            row["samples"] = {"sentences": len(task.sentences), "paragraphs": len(task.paragraphs) if settings.paragraphs else 0}
+            per_text[task.label] = {k: row[k] for k in (*METRICS, "samples")}
+    return {
+        "model": name,
+        "prompt_style": style,
+        "vocab_size": len(tokenizer),
+        "texts": per_text,
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+
+
+def flat_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{prefix}{text}/{metric}: value`` of a result record (for trainer logs and tables)."""
+    return {f"{prefix}{label}/{name}": float(values[name]) for label, values in record["texts"].items() for name in METRICS}
+
+
+def load_model(path: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
+    """(model, tokenizer) of an HF causal-LM dir; one clear error if it is not one."""
+    from transformers import AutoModelForCausalLM
+
+    from lep_plugin.io.tokenizers import load_tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise LEPError(f"model dir {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise LEPError(f"{path} is not a model dir (no config.json)")
+    tokenizer = load_tokenizer(path)
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    except Exception as err:  # transformers raises many types for a broken checkpoint
+        raise LEPError(f"cannot load the model in {path}: {err}") from err
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device), tokenizer

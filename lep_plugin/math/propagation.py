@@ -1,0 +1,246 @@
+"""The propagation step of LEP (step 4): a d×d correction P fitted between the old base and instruct
+embeddings and applied to the adapted (new-vocabulary) embeddings, ``new = adapted · P``.
+
+Methods:
+- ``swap``: P = I (the adapted rows as they are);
+- ``overlap``: A = base rows, B = instruct rows of the tokens whose strings are in both vocabularies;
+- ``conversion``: A = T·base, B = T·instruct with the vocabulary operator T (new × old, sparse).
+
+P = argmin ‖A·P − B‖_F. The V×d systems are never materialised in float64: AᵀA and AᵀB (d×d, float64)
+are accumulated over row blocks (the least-squares solution only depends on them), then solved with a
+Cholesky factorisation of AᵀA (+ a tiny ridge); an ill-conditioned AᵀA falls back to an eigen
+decomposition (the minimum-norm solution, as ``lstsq`` gives). Pure functions over tensors, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lep_plugin.math.operator import empty_rows, restrict_to_rows
+
+Method = Literal["swap", "overlap", "conversion"]
+METHODS: tuple[Method, ...] = ("swap", "overlap", "conversion")
+
+# Above this condition number of AᵀA a Cholesky solve loses more than ~4 of float64's 16 digits.
+MAX_CHOLESKY_CONDITION = 1e12
+
+
+@dataclass
+class NormalEquations:
+    """Sufficient statistics of a least-squares fit ``min ‖A·P − B‖``: AᵀA, AᵀB, ‖B‖² and the row count."""
+
+    ata: torch.Tensor
+    atb: torch.Tensor
+    btb: float
+    rows: int
+
+    @classmethod
+    def zeros(cls, dim: int) -> NormalEquations:
+        return cls(torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0.0, 0)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Accumulate one row block (any float dtype; the products are float64)."""
+        if a.shape != b.shape:
+            raise ValueError(f"row blocks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        a = a.to(torch.float64)
+        b = b.to(torch.float64)
+        _add_gram(self.ata, a)
+        self.atb.addmm_(a.T, b)
+        self.btb += float(torch.linalg.vector_norm(b) ** 2)
+        self.rows += a.shape[0]
+
+
+def _add_gram(acc: torch.Tensor, a: torch.Tensor) -> None:
+    """acc += aᵀa. BLAS ``syrk`` does half the flops of a general product (the Gram is symmetric)."""
+    if a.shape[0] == 0:
+        return
+    try:
+        from scipy.linalg.blas import dsyrk
+    except ImportError:  # scipy is optional: a full product gives the same numbers, twice the work
+        acc.addmm_(a.T, a)
+        return
+    # aᵀ viewed as Fortran-ordered d×n: syrk then computes aᵀ·a with no copy of the block.
+    upper = torch.from_numpy(dsyrk(1.0, a.contiguous().numpy().T, trans=0, lower=0))
+    acc += torch.triu(upper) + torch.triu(upper, diagonal=1).T
+
+
+def accumulate(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int) -> NormalEquations:
+    """Normal equations of the rows stacked from ``(A_block, B_block)`` pairs."""
+    eq = NormalEquations.zeros(dim)
+    for a, b in blocks:
+        eq.add(a, b)
+    return eq
+
+
+@dataclass(frozen=True)
+class Solution:
+    p: torch.Tensor  # d×d float64
+    solver: str  # "cholesky" or "eigh"
+    condition: float  # condition number of AᵀA (inf when singular)
+
+
+def solve(eq: NormalEquations, ridge: float = 1e-13) -> Solution:
+    """P minimising ‖A·P − B‖ from the normal equations.
+
+    Well-conditioned AᵀA: Cholesky of AᵀA + ``ridge``·mean(diag)·I (the ridge only guards against a
+    breakdown from rounding; at 1e-13 it moves P far less than the 1e-6 agreement with ``lstsq``).
+    Otherwise: the minimum-norm solution through the eigen decomposition, dropping eigenvalues below
+    float64 resolution, which is what ``lstsq`` returns for a rank-deficient A.
+    """
+    ata, atb = eq.ata, eq.atb
+    dim = ata.shape[0]
+    if eq.rows == 0:
+        raise ValueError("no rows to fit")
+    evals = torch.linalg.eigvalsh(ata)
+    top = float(evals[-1])
+    if top <= 0:
+        raise ValueError("A is all zeros: nothing to fit")
+    condition = top / float(evals[0]) if float(evals[0]) > 0 else math.inf
+    if condition < MAX_CHOLESKY_CONDITION:
+        shift = ridge * float(torch.diagonal(ata).mean())
+        factor, info = torch.linalg.cholesky_ex(ata + shift * torch.eye(dim, dtype=ata.dtype))
+        if int(info) == 0:
+            return Solution(torch.cholesky_solve(atb, factor), "cholesky", condition)
+    evals, evecs = torch.linalg.eigh(ata)
+    keep = evals > evals[-1] * dim * torch.finfo(torch.float64).eps
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+    p = evecs @ (inv[:, None] * (evecs.T @ atb))
+    return Solution(p, "eigh", condition)
+
+
+def relative_residual(eq: NormalEquations, p: torch.Tensor) -> float:
+    """‖A·P − B‖ / ‖B‖ from the normal equations (= tr(PᵀAᵀAP) − 2 tr(PᵀAᵀB) + ‖B‖²)."""
+    p = p.to(torch.float64)
+    sq = float((p * (eq.ata @ p)).sum() - 2.0 * (p * eq.atb).sum() + eq.btb)
+    return math.sqrt(max(sq, 0.0) / eq.btb) if eq.btb > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------- row blocks
+
+
+def overlap_blocks(
+    base: torch.Tensor, instruct: torch.Tensor, old_ids: torch.Tensor, block_rows: int = 16384
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(base rows, instruct rows) of ``old_ids`` in float64 blocks."""
+    for start in range(0, old_ids.numel(), block_rows):
+        ids = old_ids[start : start + block_rows]
+        yield base.index_select(0, ids).to(torch.float64), instruct.index_select(0, ids).to(torch.float64)
+
+
+def operator_blocks(
+    operator: torch.Tensor,
+    base: torch.Tensor,
+    instruct: torch.Tensor,
+    trained: torch.Tensor | None = None,
+    block_rows: int = 16384,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(T·base, T·instruct) in float64 row blocks, with the conventions of ``apply_operator``: untrained
+    old rows (of the base, so both sides average the same tokens) are left out, and rows with nothing
+    to average get the mean trained row.
+
+    Only a block's gathered rows are ever float64: no V×d float64 matrix is built.
+    """
+    if operator.shape[1] > base.shape[0] or operator.shape[1] > instruct.shape[0]:
+        raise ValueError(
+            f"operator has {operator.shape[1]} columns but base/instruct have {base.shape[0]}/{instruct.shape[0]} rows"
+        )
+    old = operator.shape[1]
+    base, instruct = base[:old], instruct[:old]
+    if trained is None:
+        trained = trained_mask(base)
+    op = restrict_to_rows(operator, trained)
+    missing = empty_rows(op)
+    fallback_a = _mean_rows(base, trained)
+    fallback_b = _mean_rows(instruct, trained)
+    crow, col, val = op.crow_indices(), op.col_indices(), op.values().to(torch.float64)
+    for start in range(0, op.shape[0], block_rows):
+        stop = min(start + block_rows, op.shape[0])
+        lo, hi = int(crow[start]), int(crow[stop])
+        cols, vals = col[lo:hi], val[lo:hi]
+        row_of = torch.repeat_interleave(torch.arange(stop - start), crow[start : stop + 1].diff())
+        blocks = []
+        for old_matrix, fallback in ((base, fallback_a), (instruct, fallback_b)):
+            gathered = old_matrix.index_select(0, cols).to(torch.float64).mul_(vals[:, None])
+            rows = torch.zeros(stop - start, old_matrix.shape[1], dtype=torch.float64).index_add_(0, row_of, gathered)
+            rows[missing[start:stop]] = fallback
+            blocks.append(rows)
+        yield blocks[0], blocks[1]
+
+
+def trained_mask(matrix: torch.Tensor, rel_tol: float = 1e-3, block_rows: int = 65536) -> torch.Tensor:
+    """``operator.trained_rows`` computed block by block (no full float32 copy of a 128k×4096 matrix)."""
+    norms = torch.cat(
+        [torch.linalg.vector_norm(matrix[s : s + block_rows].float(), dim=1) for s in range(0, matrix.shape[0], block_rows)]
+    )
+    positive = norms[norms > 0]
+    if positive.numel() == 0:
+        return torch.zeros_like(norms, dtype=torch.bool)
+    return norms > rel_tol * positive.median()
+
+
+def _mean_rows(matrix: torch.Tensor, keep: torch.Tensor, block_rows: int = 65536) -> torch.Tensor:
+    total = torch.zeros(matrix.shape[1], dtype=torch.float64)
+    count = int(keep.sum()) if bool(keep.any()) else matrix.shape[0]
+    for start in range(0, matrix.shape[0], block_rows):
+        rows = matrix[start : start + block_rows].to(torch.float64)
+        if bool(keep.any()):
+            rows = rows[keep[start : start + block_rows]]
+        total += rows.sum(0)
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------------------------- apply
+
+
+def apply_correction(
+    adapted: torch.Tensor,
+    p: torch.Tensor | None,
+    out_dtype: torch.dtype | None = None,
+    block_rows: int = 16384,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """``adapted · P`` in ``out_dtype`` (default: adapted's). P = None is the identity (swap).
+
+    Computed per block in float32 (float64 when adapted is float64; see below for 16-bit): the result is
+    stored in the checkpoint's dtype, so float64 here would only cost time.
+    """
+    out_dtype = out_dtype or adapted.dtype
+    if p is None:
+        return adapted.to(out_dtype).clone()
+    half = adapted.dtype in (torch.bfloat16, torch.float16) and out_dtype in (torch.bfloat16, torch.float16)
+    compute = torch.float64 if adapted.dtype == torch.float64 else torch.float32
+    # 16-bit in and out: adapted·P = adapted + adapted·(P − I), the small second term as a 16-bit product
+    # (twice as fast as float32). Its rounding error is ~2⁻⁹·|P − I| of a row, below the final 16-bit
+    # rounding of the result whenever |P − I| < 1, as for an instruct model close to its base.
+    correction = (p.to(torch.float64) - torch.eye(p.shape[0], dtype=torch.float64)).to(adapted.dtype) if half else None
+    pc = p.to(compute)
+    out = torch.empty(adapted.shape, dtype=out_dtype)
+    for start in range(0, adapted.shape[0], block_rows):
+        stop = min(start + block_rows, adapted.shape[0])
+        rows = adapted[start:stop]
+        if half:
+            out[start:stop] = (rows.float() + (rows @ correction).float()).to(out_dtype)
+        else:
+            out[start:stop] = (rows.to(compute) @ pc).to(out_dtype)
+        if progress:
+            progress(stop - start)
+    return out
+
+
+def shared_token_ids(new_vocab: dict[str, int], old_vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new ids, old ids) of the token strings present in both vocabularies, in new-id order."""
+    pairs = sorted((nid, old_vocab[s]) for s, nid in new_vocab.items() if s in old_vocab)
+    if not pairs:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    new_ids, old_ids = zip(*pairs)
+    return torch.tensor(new_ids, dtype=torch.long), torch.tensor(old_ids, dtype=torch.long)
+
+
+def dense_reference(a: torch.Tensor, b: torch.Tensor, driver: str = "gelsd") -> torch.Tensor:
+    """P by ``torch.linalg.lstsq`` over the full float64 matrices (the authors' way; for tests/benchmarks)."""
+    return torch.linalg.lstsq(a.to(torch.float64), b.to(torch.float64), driver=driver).solution

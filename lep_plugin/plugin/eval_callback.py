@@ -1,0 +1,110 @@
+"""Training-time evaluation (``lep: eval: {...}``): every N steps, the copy tasks, tokenization statistics
+and bits per character of the model being trained go into the trainer's logs (so W&B / TensorBoard show
+them beside the loss) and into ``lep_eval_history.json`` in the output dir.
+
+Wiring (in the plugin): ``add_callbacks_post_trainer(cfg, trainer)`` returns
+``[build_eval_callback(options, tokenizer, cfg.output_dir, trainer=trainer)]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from transformers import TrainerCallback
+
+from lep_plugin.io.evaluate import EvalSettings, evaluate_model, flat_metrics, load_tasks
+
+HISTORY_FILE = "lep_eval_history.json"
+LOG_PREFIX = "lep_eval/"
+
+
+class EvalCallbackOptions(EvalSettings):
+    """The ``lep: eval:`` block of an Axolotl config."""
+
+    texts: list[Path] = Field(..., min_length=1, description="Held-out text files (.jsonl with a text field, or .txt).")
+    every_n_steps: int = Field(500, ge=1, description="Evaluate after every N optimizer steps.")
+    at_start: bool = Field(False, description="Also evaluate before the first step (the starting point of the curves).")
+    at_end: bool = Field(True, description="Also evaluate after the last step if it is not a multiple of every_n_steps.")
+    samples: int = Field(8, ge=1, description="Sentences and paragraphs sampled per text file.")
+
+
+class LEPEvalCallback(TrainerCallback):
+    """Runs :func:`evaluate_model` on the model being trained.
+
+    Every rank runs the same deterministic evaluation: under DeepSpeed ZeRO-3 or FSDP a forward pass is a
+    collective, so one rank cannot generate alone. Only the main process writes the history file; the
+    trainer's own reporting integrations already report on the main process only.
+    """
+
+    def __init__(self, options: EvalCallbackOptions, tokenizer, output_dir: str | os.PathLike, trainer=None):
+        self.options = options
+        self.settings = EvalSettings(**{k: getattr(options, k) for k in EvalSettings.model_fields})
+        self.tokenizer = tokenizer
+        self.output_dir = Path(output_dir)
+        self.trainer = trainer
+        # Read and sample the texts now: a bad path fails before training starts, not after N steps.
+        self.tasks = load_tasks(options.texts, self.settings)
+        self.last_step: int | None = None
+
+    # -- hooks -----------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.options.at_start and state.global_step == 0:
+            self._evaluate(args, state, model, processing_class)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        step = state.global_step
+        due = step % self.options.every_n_steps == 0
+        last = self.options.at_end and state.max_steps and step >= state.max_steps
+        if (due or last) and step != self.last_step:
+            self._evaluate(args, state, model, processing_class)
+        return control
+
+    # -- work ------------------------------------------------------------------------------------------
+    def _evaluate(self, args, state, model, processing_class) -> dict[str, Any]:
+        tokenizer = self.tokenizer if self.tokenizer is not None else processing_class
+        if model is None or tokenizer is None:
+            raise RuntimeError("LEP evaluation callback needs the model and the tokenizer")
+        step = state.global_step
+        record = evaluate_model(model, tokenizer, self.tasks, self.settings, name=f"step-{step}")
+        logs = flat_metrics(record, LOG_PREFIX)
+        logs[f"{LOG_PREFIX}seconds"] = record["seconds"]
+        if self.trainer is not None:
+            # Trainer.log appends to state.log_history and calls on_log of every reporting integration.
+            self.trainer.log(dict(logs))
+        else:
+            state.log_history.append({**logs, "step": step})
+        if state.is_world_process_zero:
+            self._append_history({"step": step, "epoch": state.epoch, **record})
+        self.last_step = step
+        return record
+
+    def _append_history(self, entry: dict[str, Any]) -> None:
+        path = self.output_dir / HISTORY_FILE
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        history: list[dict[str, Any]] = []
+        if path.is_file():
+            try:
+                history = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                history = []
+            # A resumed run re-evaluates steps after its checkpoint: keep one entry per step.
+            history = [h for h in history if isinstance(h, dict) and h.get("step", -1) < entry["step"]]
+        history.append(entry)
+        fd, tmp = tempfile.mkstemp(prefix=f".{HISTORY_FILE}.tmp-", dir=self.output_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(history, fh, indent=2, ensure_ascii=False, allow_nan=True)
+        os.replace(tmp, path)
+
+
+def build_eval_callback(
+    eval_options: EvalCallbackOptions | dict[str, Any], tokenizer, output_dir: str | os.PathLike, trainer=None
+) -> LEPEvalCallback:
+    """The callback for ``add_callbacks_post_trainer``; pass ``trainer`` so results reach W&B/TensorBoard."""
+    if not isinstance(eval_options, EvalCallbackOptions):
+        eval_options = EvalCallbackOptions.model_validate(eval_options)
+    return LEPEvalCallback(eval_options, tokenizer, output_dir, trainer=trainer)

@@ -1,0 +1,203 @@
+"""``lep_plugin.LEPPlugin``: LEP steps 1–3 (new vocabulary, T-initialised embeddings, embedding-only
+training) inside a normal ``axolotl train`` run. Thin: the work is in the sibling modules.
+
+Hook order relied on (Axolotl 0.19, same names in 0.21):
+
+1. ``register(cfg)`` – raw YAML dict, *before* config validation and before datasets are tokenized:
+   parse ``lep:``, start gloo for DeepSpeed on CPU, build/reuse the vocabulary, point
+   ``cfg.tokenizer_config`` at it (Axolotl's validation keeps that key, so the tokenizer Axolotl loads for
+   the datasets and the trainer is the new one).
+2. ``load_datasets`` (returns None: only fixes a CPU multi-process device_map), then Axolotl loads and
+   tokenizes the datasets (with the new tokenizer).
+3. ``pre_model_load`` → model built from the base checkpoint → ``post_model_build(cfg, model)``: the old
+   rows are still there (Axolotl's own ``_resize_token_embeddings`` runs right after this hook), so the
+   embeddings are converted here with T; Axolotl then finds enough rows and only re-ties weights.
+4. adapters → ``post_lora_load`` → ``post_model_load(cfg, model)``: freeze everything but the embeddings.
+   Axolotl's ``unfrozen_parameters`` step comes after this hook; the plugin refuses that setting
+   (args.yaml_conflicts), so nothing undoes the freezing.
+5. trainer built → ``add_callbacks_post_trainer`` (manifest into each checkpoint, per-rank run info, the
+   ``lep.eval`` callback of lep_plugin.plugin.eval_callback) → ``post_trainer_create``
+   (freezing re-asserted on the trainer's model, before the optimizer is created inside ``train()``).
+6. ``post_train`` – called twice (after ``trainer.train`` and after the final save): copies the manifest
+   into ``output_dir``; idempotent.
+
+Model hooks also run for ``axolotl inference`` / ``merge-lora``: a base model that already carries an
+LEP vocabulary (its dir has ``lep_vocab.json``) is neither re-vocabularised nor converted again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from axolotl.integrations.base import BasePlugin
+from transformers import TrainerCallback
+
+from lep_plugin.plugin.args import LEPConfig, parse_lep_block
+from lep_plugin.plugin.distributed import cpu_device_map, init_gloo_for_cpu_deepspeed, is_main, rank
+from lep_plugin.plugin.vocabulary import MANIFEST, VocabPlan, plan_vocabulary
+
+def _log(message: str) -> None:
+    # Axolotl reconfigures logging per module; print keeps the plugin's decisions visible in every rank.
+    print(f"[lep rank {rank()}] {message}", flush=True)
+
+
+def _unwrap(model):
+    """The HF model under a DeepSpeed/DDP wrapper or PEFT model."""
+    while hasattr(model, "module") and not hasattr(model, "get_input_embeddings"):
+        model = model.module
+    return model
+
+
+class ManifestCallback(TrainerCallback):
+    """Copies ``lep_vocab.json`` into every checkpoint (the trainer already saves the tokenizer there)."""
+
+    def __init__(self, manifest: Path):
+        self.manifest = manifest
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                shutil.copyfile(self.manifest, checkpoint / MANIFEST)
+        return control
+
+
+class RunInfoCallback(TrainerCallback):
+    """Logs per rank what each process trains on and ends with, so multi-process runs can be checked:
+    batches per rank (data sharding) and a checksum of the embedding matrices (same result on all ranks)."""
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None:
+            _log(f"{len(train_dataloader)} batches per rank")
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        from lep_plugin.plugin.embeddings import gathered
+        from lep_plugin.plugin.freezing import embedding_parameters
+
+        if model is not None:
+            params = embedding_parameters(_unwrap(model))
+            with gathered(params, modifier_rank=None):
+                checksum = sum(float(p.detach().double().abs().sum()) for p in params)
+            _log(f"embedding checksum {checksum:.6f}")
+        return control
+
+
+def eval_options(options: dict):
+    """``lep.eval`` validated by the evaluation callback's own model (errors name the key)."""
+    from pydantic import ValidationError
+
+    from lep_plugin.errors import LEPError
+    from lep_plugin.plugin.args import format_validation_error
+    from lep_plugin.plugin.eval_callback import EvalCallbackOptions
+
+    try:
+        return EvalCallbackOptions.model_validate(options)
+    except ValidationError as err:
+        raise LEPError(f"invalid `lep.eval:` block: {format_validation_error(err, 'lep.eval')}") from None
+
+
+class LEPPlugin(BasePlugin):
+    """Learned Embedding Propagation: new vocabulary + embedding-only continued pre-training."""
+
+    def __init__(self):
+        super().__init__()
+        self.config: LEPConfig | None = None
+        self.plan: VocabPlan | None = None
+        self.eval_options = None
+
+    def get_input_args(self) -> str:
+        return "lep_plugin.plugin.args.LEPArgs"
+
+    # 1 ------------------------------------------------------------------------------------------------
+    def register(self, cfg: dict):
+        self.config = parse_lep_block(cfg)
+        self.plan = None
+        self.eval_options = None
+        if self.config is None:
+            return
+        if init_gloo_for_cpu_deepspeed(cfg.get("deepspeed")):
+            _log("no CUDA: initialised a gloo process group for DeepSpeed")
+        if self.config.eval is not None:
+            self.eval_options = eval_options(self.config.eval)
+        if self.config.vocab is None:
+            return
+        self.plan = plan_vocabulary(cfg, self.config.vocab)
+        cfg["tokenizer_config"] = str(self.plan.new_tokenizer)
+        _log(
+            f"vocabulary {self.plan.new_tokenizer} ({'built' if self.plan.built else 'reused'}, "
+            f"fingerprint {self.plan.fingerprint})"
+        )
+
+    # 2 ------------------------------------------------------------------------------------------------
+    def load_datasets(self, cfg, preprocess: bool = False):
+        # The first hook that sees the normalised cfg. Axolotl sets `device_map: {"": LOCAL_RANK}` for
+        # every multi-process run, which names a CUDA device; without CUDA each rank loads on the CPU.
+        if self.config is not None:
+            cpu_device_map(cfg)
+        return None  # Axolotl loads and tokenizes the datasets itself
+
+    # 3 ------------------------------------------------------------------------------------------------
+    def post_model_build(self, cfg, model):
+        if self.plan is None or self.plan.already_converted:
+            return
+        if getattr(model, "_lep_vocab", None) == self.plan.fingerprint:
+            return
+        from lep_plugin.io.tokenizers import load_tokenizer
+        from lep_plugin.plugin.embeddings import convert_model_embeddings
+
+        new_tok = load_tokenizer(self.plan.new_tokenizer)
+        old_tok = load_tokenizer(self.plan.old_tokenizer)
+        multiple = 32 if cfg.get("resize_token_embeddings_to_32x") else None
+        rows = convert_model_embeddings(model, new_tok, old_tok, multiple, self.config.vocab.weighting)
+        model._lep_vocab = self.plan.fingerprint
+        _log(f"embeddings converted to the new vocabulary: {len(old_tok)} -> {len(new_tok)} tokens, {rows} rows")
+
+    # 4 ------------------------------------------------------------------------------------------------
+    def post_model_load(self, cfg, model):
+        self._freeze(model)
+
+    # 5 ------------------------------------------------------------------------------------------------
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        if self.config is None:
+            return []
+        callbacks = [RunInfoCallback()]
+        if self.plan is not None:
+            callbacks.append(ManifestCallback(self.plan.new_tokenizer / MANIFEST))
+        if self.eval_options is not None:
+            from lep_plugin.plugin.eval_callback import build_eval_callback
+
+            tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
+            callbacks.append(build_eval_callback(self.eval_options, tokenizer, cfg["output_dir"], trainer=trainer))
+        return callbacks
+
+    def post_trainer_create(self, cfg, trainer):
+        self._freeze(trainer.model)
+
+    # 6 ------------------------------------------------------------------------------------------------
+    def post_train(self, cfg, model):
+        if self.plan is None or not is_main():
+            return
+        output = Path(cfg["output_dir"])
+        if output.is_dir():
+            shutil.copyfile(self.plan.new_tokenizer / MANIFEST, output / MANIFEST)
+
+    # ------------------------------------------------------------------------------------------------
+    def _freeze(self, model) -> None:
+        if self.config is None or self.config.train == "off":
+            return
+        from lep_plugin.plugin.freezing import freeze_all_but_embeddings, mask_old_rows, new_token_rows
+
+        model = _unwrap(model)
+        names = freeze_all_but_embeddings(model)
+        if self.config.train == "new_rows":
+            from lep_plugin.io.tokenizers import load_tokenizer
+            from lep_plugin.plugin.embeddings import full_rows
+
+            rows = full_rows(model.get_input_embeddings().weight)
+            mask = new_token_rows(load_tokenizer(self.plan.new_tokenizer), load_tokenizer(self.plan.old_tokenizer), rows)
+            mask_old_rows(model, mask)
+            _log(f"training {int(mask.sum())} new-token rows of {', '.join(names)}; everything else frozen")
+        else:
+            _log(f"training {', '.join(names)} only; everything else frozen")

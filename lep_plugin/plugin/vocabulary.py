@@ -1,0 +1,184 @@
+"""Register-time vocabulary work: find the old tokenizer, build or reuse the new one, check a ready one.
+
+Runs in every process of a launch before Axolotl tokenizes anything, so the new tokenizer lives in a
+content-addressed dir (``lep-vocab-<hash of old tokenizer + corpus + options>``) and is built under a
+file lock: the first process builds, the others wait on the lock and then find the finished dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from lep_plugin.errors import LEPError
+from lep_plugin.io.atomic import atomic_output_dir
+from lep_plugin.io.tokenizers import fingerprint_tokenizer, load_tokenizer
+from lep_plugin.plugin.args import VocabSection
+from lep_plugin.plugin.distributed import rank
+
+LOG = logging.getLogger("lep_plugin")
+MANIFEST = "lep_vocab.json"
+CACHE_PREFIX = "lep-vocab-"
+
+
+@dataclass(frozen=True)
+class VocabPlan:
+    """What register() decided: the old and new tokenizer dirs and whether the model needs converting."""
+
+    old_tokenizer: Path  # local dir of the base model's tokenizer
+    new_tokenizer: Path
+    fingerprint: str  # of the new tokenizer
+    built: bool  # this process built it (False: reused from the cache or already in the model)
+    already_converted: bool  # the base model already carries the new vocabulary (e.g. `axolotl inference`)
+
+
+def model_source(cfg: dict[str, Any]) -> str:
+    source = cfg.get("base_model_config") or cfg.get("base_model")
+    if not source:
+        raise LEPError("the YAML has no base_model: the plugin needs the base model's tokenizer")
+    return str(source)
+
+
+def old_tokenizer_source(cfg: dict[str, Any]) -> str:
+    """The tokenizer Axolotl would load without the plugin.
+
+    A ``tokenizer_config`` that is one of the plugin's own vocabulary dirs was set by an earlier
+    ``register()`` on this config (Ray workers register again): the old tokenizer is then the model's.
+    """
+    configured = cfg.get("tokenizer_config")
+    if configured and not (Path(str(configured)).name.startswith(CACHE_PREFIX) and read_manifest_if_dir(configured)):
+        return str(configured)
+    return model_source(cfg)
+
+
+def _local_dir(source: str) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        return path
+    # a hub id: resolve to the cached snapshot so the vocabulary library reads plain files
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=["tokenizer*", "special_tokens_map.json", "*.jinja"]))
+    except Exception as err:  # hub errors have many types
+        raise LEPError(f"cannot get the tokenizer of {source!r}: {err}") from err
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise LEPError(f"{path} is not a readable LEP manifest: {err}") from err
+
+
+def read_manifest_if_dir(directory: str | os.PathLike) -> dict[str, Any] | None:
+    return read_manifest(directory) if Path(directory).is_dir() else None
+
+
+def cache_root(cfg: dict[str, Any], section: VocabSection) -> Path:
+    """Beside Axolotl's prepared datasets (they are derived from the same tokenizer)."""
+    if section.cache_dir:
+        return Path(section.cache_dir)
+    return Path(cfg.get("dataset_prepared_path") or "last_run_prepared")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def check_special_tokens(new_tok, old_tok, where: str) -> None:
+    """A ready tokenizer must keep the base model's special and added tokens (bos/eos/unk, chat markers)."""
+    for name in ("bos_token", "eos_token", "unk_token"):
+        old_value, new_value = getattr(old_tok, name, None), getattr(new_tok, name, None)
+        if old_value is not None and old_value != new_value:
+            raise LEPError(
+                f"lep.vocab.tokenizer {where}: {name} is {new_value!r} but the base model's is {old_value!r} "
+                "(a new vocabulary must keep the base model's special tokens)"
+            )
+    new_added = {t.content for t in new_tok.added_tokens_decoder.values()}
+    missing = [t.content for t in old_tok.added_tokens_decoder.values() if t.special and t.content not in new_added]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise LEPError(
+            f"lep.vocab.tokenizer {where} lacks {len(missing)} special token(s) of the base model: {shown}"
+        )
+
+
+def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
+    """Decide (and if needed build) the new tokenizer dir. Exactly one process builds it."""
+    old_source = old_tokenizer_source(cfg)
+    if read_manifest_if_dir(model_source(cfg)) is not None:
+        # The base model is already an LEP output: training again, `axolotl inference` or `merge-lora` on
+        # it must neither build a vocabulary on top of the new one nor convert its embeddings twice.
+        old_dir = _local_dir(old_source)
+        tok = load_tokenizer(old_dir)
+        LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", rank(), old_dir)
+        return VocabPlan(old_dir, old_dir, fingerprint_tokenizer(tok), built=False, already_converted=True)
+    old_dir = _local_dir(old_source)
+
+    old_tok = load_tokenizer(old_dir)
+    old_fp = fingerprint_tokenizer(old_tok)
+    root = cache_root(cfg, section)
+    root.mkdir(parents=True, exist_ok=True)
+
+    if section.tokenizer is not None:
+        ready = Path(section.tokenizer)
+        new_tok = load_tokenizer(ready)
+        check_special_tokens(new_tok, old_tok, f"{ready}")
+        new_fp = fingerprint_tokenizer(new_tok)
+        target = root / f"{CACHE_PREFIX}{_digest('ready', old_fp, new_fp)}"
+        # Copied into the content-addressed cache so that Axolotl's dataset cache (keyed on the tokenizer
+        # path, not its contents) never reuses data tokenized with an edited ready dir.
+        manifest = read_manifest(ready) or {
+            "method": "ready",
+            "source": str(ready.resolve()),
+            "old_tokenizer": old_source,
+            "old_tokenizer_fingerprint": old_fp,
+            "old_vocab_size": len(old_tok),
+            "new_vocab_size": len(new_tok),
+        }
+
+        def build(output: Path) -> None:
+            with atomic_output_dir(output) as tmp:
+                shutil.copytree(ready, tmp, dirs_exist_ok=True)
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    else:
+        from lep_plugin.io.corpus import expand_corpus, fingerprint_files
+        from lep_plugin.io.vocab import build_vocabulary
+
+        options = section.build_options()
+        files = expand_corpus(section.corpus or [])
+        corpus_fp = fingerprint_files(files)
+        key = _digest("build", old_fp, corpus_fp, options.model_dump_json())
+        target = root / f"{CACHE_PREFIX}{key}"
+
+        def build(output: Path) -> None:
+            build_vocabulary(old_dir, files, options, output)
+
+    built = _build_once(target, build)
+    new_tok = load_tokenizer(target)
+    return VocabPlan(old_dir, target, fingerprint_tokenizer(new_tok), built=built, already_converted=False)
+
+
+def _build_once(target: Path, build) -> bool:
+    """Build ``target`` unless it exists; the lock makes concurrent processes wait for the first builder."""
+    with FileLock(str(target) + ".lock"):
+        if (target / MANIFEST).is_file():
+            LOG.info("LEP rank %d: reusing vocabulary %s", rank(), target)
+            return False
+        LOG.info("LEP rank %d: building vocabulary %s", rank(), target)
+        build(target)
+        LOG.info("LEP rank %d: built vocabulary %s", rank(), target)
+        return True

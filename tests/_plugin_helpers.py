@@ -1,0 +1,154 @@
+"""Helpers for the plugin tests: tiny YAMLs derived from examples/yaml/tiny-cpu.yml, real ``axolotl train``
+subprocesses, safetensors comparison, and the reusable ZeRO-3 checkpoint recipe.
+
+``zero3_checkpoint`` (session fixture; import it into a test module to use it) runs ``axolotl train`` with
+the plugin under DeepSpeed ZeRO-3 on CPU and returns a :class:`Zero3Run` whose ``checkpoint`` dir holds
+``global_stepN/`` (DeepSpeed model/optimizer states), ``latest``, the HF files and the new tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from fixtures import RU_TRAIN, write_corpus_slice
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "yaml"
+VENV_BIN = Path(sys.executable).parent
+TRAIN_TIMEOUT = 420
+
+
+def train_env() -> dict[str, str]:
+    """Environment of an ``axolotl train`` subprocess: offline, no telemetry, this repo importable."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # axolotl launches `accelerate` by name
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(REPO)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", AXOLOTL_DO_NOT_TRACK="1")
+    env.update(WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def tiny_config(work: Path, base_model: Path, dataset: Path, **overrides) -> dict:
+    """examples/yaml/tiny-cpu.yml with absolute paths under ``work`` (so the example itself is what runs)."""
+    cfg = yaml.safe_load((EXAMPLES / "tiny-cpu.yml").read_text(encoding="utf-8"))
+    cfg["base_model"] = str(base_model)
+    cfg["datasets"] = [{"path": str(dataset), "ds_type": "json", "type": "completion"}]
+    cfg["dataset_prepared_path"] = str(work / "prepared")
+    cfg["output_dir"] = str(work / "out")
+    cfg["lep"]["vocab"]["corpus"] = [str(dataset.parent / "vocab-corpus.jsonl")]
+    cfg["lep"]["vocab"].pop("max_chars", None)
+    for key, value in overrides.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def training_data(directory: Path, docs: int = 60, vocab_docs: int = 400) -> Path:
+    """A small slice of ru/train.jsonl to train on, with a larger slice beside it for the vocabulary."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_corpus_slice(RU_TRAIN, directory / "vocab-corpus.jsonl", vocab_docs)
+    return write_corpus_slice(RU_TRAIN, directory / "train.jsonl", docs)
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_train(config: Path, launcher: list[str] | None = None, timeout: int = TRAIN_TIMEOUT) -> str:
+    """``axolotl train CONFIG`` as a subprocess; returns its combined output, fails the test on error."""
+    cmd = [str(VENV_BIN / "axolotl"), "train", str(config)] + (launcher or [])
+    proc = subprocess.run(
+        cmd, cwd=config.parent, env=train_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    output = proc.stdout + proc.stderr
+    (config.parent / "train.log").write_text(output, encoding="utf-8")
+    if proc.returncode != 0:
+        pytest.fail(f"axolotl train failed (exit {proc.returncode}):\n{output[-6000:]}")
+    return output
+
+
+def lep_lines(output: str, pattern: str) -> list[re.Match]:
+    """Matches of ``pattern`` in the plugin's ``[lep rank N] ...`` lines."""
+    return [m for m in re.finditer(r"\[lep rank (\d+)\] " + pattern, output)]
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    if not tensors:
+        raise AssertionError(f"no safetensors in {directory}")
+    return tensors
+
+
+def losses(trainer_state: Path) -> list[float]:
+    history = json.loads(trainer_state.read_text(encoding="utf-8"))["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def is_embedding(name: str) -> bool:
+    return "embed_tokens" in name or "lm_head" in name
+
+
+def assert_only_embeddings_changed(base_dir: Path, out_dir: Path) -> None:
+    """Every non-embedding tensor bit-identical to the base model's; the embedding matrices changed."""
+    base, new = load_weights(base_dir), load_weights(out_dir)
+    assert set(base) == set(new)
+    for name, tensor in base.items():
+        if is_embedding(name):
+            assert new[name].shape[0] != tensor.shape[0] or not torch.equal(new[name], tensor), name
+        else:
+            assert torch.equal(new[name], tensor), f"{name} changed although it should be frozen"
+
+
+@dataclass(frozen=True)
+class Zero3Run:
+    base_model: Path  # the model trained (old vocabulary)
+    output: Path  # axolotl output_dir (final HF model + new tokenizer + lep_vocab.json)
+    checkpoint: Path  # output/checkpoint-N with global_stepN/ and latest
+    step: int
+    log: str  # the run's combined output
+
+
+def make_zero3_checkpoint(
+    work: Path, base_model: Path, train: str = "new_rows", max_steps: int = 4, save_steps: int = 2
+) -> Zero3Run:
+    """The recipe: ``axolotl train`` + plugin (extend vocabulary) under DeepSpeed ZeRO-3 on CPU (gloo)."""
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = training_data(work / "data")
+    cfg = tiny_config(
+        work,
+        base_model,
+        dataset,
+        deepspeed=str(EXAMPLES / "ds_zero3.json"),
+        max_steps=max_steps,
+        save_steps=save_steps,
+        weight_decay=0.0,
+    )
+    cfg["lep"]["train"] = train
+    log = run_train(write_config(work / "zero3.yml", cfg))
+    output = Path(cfg["output_dir"])
+    checkpoint = output / f"checkpoint-{max_steps}"
+    return Zero3Run(base_model, output, checkpoint, max_steps, log)
+
+
+@pytest.fixture(scope="session")
+def zero3_checkpoint(tmp_path_factory, tiny_mistral) -> Zero3Run:
+    """A real ZeRO-3 checkpoint of tiny Mistral trained with the plugin (`train: new_rows`, extend)."""
+    return make_zero3_checkpoint(tmp_path_factory.mktemp("zero3"), tiny_mistral)

@@ -1,0 +1,70 @@
+"""Real DeepSpeed ZeRO checkpoints (CPU, gloo) as lep-merge inputs: the embedding and lm_head are read
+from the fp32 partitions exactly as DeepSpeed's own ``zero_to_fp32`` rebuilds them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _merge_helpers import mistral_trio  # noqa: F401 - fixture
+
+from lep_plugin.cli.merge import main
+from lep_plugin.io.checkpoints import SafetensorsCheckpoint, open_checkpoint
+from lep_plugin.io.deepspeed_checkpoint import DeepSpeedCheckpoint
+from lep_plugin.io.tokenizers import load_tokenizer
+
+JOB = Path(__file__).parent / "_merge_deepspeed_job.py"
+NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def _train(model_dir: Path, out: Path, stage: int, world: int, port: int) -> Path:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
+    if world == 1:
+        cmd = [sys.executable, str(JOB), str(model_dir), str(out), str(stage)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", f"--master_port={port}",
+               str(JOB), str(model_dir), str(out), str(stage)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # what a Trainer checkpoint-N dir holds beside the DeepSpeed tag dir
+    for f in model_dir.iterdir():
+        if f.suffix in (".json", ".jinja") and "safetensors" not in f.name:
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stage,world", [(1, 1), (2, 2), (3, 2)])
+def test_zero_checkpoint_as_adapted_model(mistral_trio, tmp_path, stage, world):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ds_dir = _train(mistral_trio.adapted, tmp_path / "ds", stage, world, 29600 + 10 * stage + world)
+    reader = open_checkpoint(ds_dir, "adapted")
+    assert isinstance(reader, DeepSpeedCheckpoint) and reader.stage == stage and reader.world == world
+    reference = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir))
+    for name in NAMES:
+        ref = reference[name]
+        ref = ref.contiguous() if not isinstance(ref, torch.Tensor) else ref
+        assert torch.equal(reader.get(name), ref), name
+    # frozen parameters come back too (fragments in the model states, or ZeRO-1's module state)
+    frozen = "model.layers.0.self_attn.q_proj.weight"
+    start = SafetensorsCheckpoint(mistral_trio.adapted)
+    assert torch.equal(reader.get(frozen), reference.get(frozen, start.get(frozen)))
+    # trained: the fp32 master embedding moved away from the starting checkpoint
+    assert not torch.equal(reader.get(NAMES[0]), start.get(NAMES[0]))
+
+    out = tmp_path / "out"
+    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(ds_dir), "--output", str(out), "--method", "swap"])
+    written = SafetensorsCheckpoint(out)
+    tok, instruct_tok = load_tokenizer(out), load_tokenizer(mistral_trio.instruct)
+    added = {tok.convert_tokens_to_ids(t.content) for t in instruct_tok.added_tokens_decoder.values()}
+    for name in NAMES:
+        result = written.get(name)
+        rows = reference[name].shape[0]
+        keep = torch.tensor([i not in added for i in range(rows)])
+        assert torch.equal(result[:rows][keep], reference[name][keep].to(result.dtype))

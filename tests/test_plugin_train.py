@@ -1,0 +1,145 @@
+"""The plugin inside real ``axolotl train`` processes on tiny models (CPU): plain, resumed, two processes,
+DeepSpeed ZeRO-2 and ZeRO-3. Each run is a few steps at sequence length 128."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from _plugin_helpers import (  # noqa: F401 - zero3_checkpoint is a fixture
+    EXAMPLES,
+    assert_only_embeddings_changed,
+    lep_lines,
+    load_weights,
+    losses,
+    run_train,
+    tiny_config,
+    training_data,
+    write_config,
+    zero3_checkpoint,
+)
+from lep_plugin.io.tokenizers import fingerprint_tokenizer, load_tokenizer
+
+pytestmark = pytest.mark.e2e
+
+
+def _new_tokenizer_dir(output: str) -> Path:
+    match = lep_lines(output, r"vocabulary (\S+) \((built|reused)")
+    assert match, "the plugin did not report its vocabulary"
+    return Path(match[0].group(2))
+
+
+def _assert_saved_tokenizer_is_new(saved: Path, new_dir: Path, base: Path) -> None:
+    saved_tok, new_tok, old_tok = load_tokenizer(saved), load_tokenizer(new_dir), load_tokenizer(base)
+    assert fingerprint_tokenizer(saved_tok) == fingerprint_tokenizer(new_tok)
+    assert len(saved_tok) > len(old_tok) or fingerprint_tokenizer(saved_tok) != fingerprint_tokenizer(old_tok)
+    assert saved_tok.chat_template == old_tok.chat_template
+    manifest = json.loads((saved / "lep_vocab.json").read_text(encoding="utf-8"))
+    assert manifest["new_vocab_size"] == len(new_tok)
+
+
+def test_mistral_embeddings_train_save_and_resume(tmp_path, tiny_mistral):
+    data = training_data(tmp_path / "data")
+    cfg = tiny_config(tmp_path / "a", tiny_mistral, data, max_steps=6, save_steps=3)
+    output = run_train(write_config(tmp_path / "a.yml", cfg))
+    out = Path(cfg["output_dir"])
+
+    assert len(lep_lines(output, "vocabulary .* \\(built")) == 1
+    assert lep_lines(output, "training model.embed_tokens.weight, lm_head.weight only")
+    history = losses(out / "checkpoint-6" / "trainer_state.json")
+    assert len(history) == 6 and history[-1] < history[0] - 0.2, history
+
+    assert_only_embeddings_changed(tiny_mistral, out)
+    new_dir = _new_tokenizer_dir(output)
+    new_len = len(load_tokenizer(new_dir))
+    assert load_weights(out)["model.embed_tokens.weight"].shape[0] == new_len
+    for saved in (out, out / "checkpoint-3", out / "checkpoint-6"):
+        _assert_saved_tokenizer_is_new(saved, new_dir, tiny_mistral)
+
+    # the optimizer holds state for the two embedding matrices only
+    optimizer = torch.load(out / "checkpoint-3" / "optimizer.pt", weights_only=True)
+    shapes = sorted(tuple(s["exp_avg"].shape) for s in optimizer["state"].values())
+    assert shapes == [(new_len, 64), (new_len, 64)]
+
+    # resume from checkpoint-3 (base model reconverted, then the checkpoint's weights loaded): same result
+    resumed = dict(cfg, output_dir=str(tmp_path / "b" / "out"), resume_from_checkpoint=str(out / "checkpoint-3"))
+    output_b = run_train(write_config(tmp_path / "b.yml", resumed))
+    assert len(lep_lines(output_b, "vocabulary .* \\(reused")) == 1  # same cache: nothing rebuilt
+    first, second = load_weights(out), load_weights(Path(resumed["output_dir"]))
+    assert losses(Path(resumed["output_dir"]) / "checkpoint-6" / "trainer_state.json")[:3] == history[:3]
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=1e-5, atol=1e-6)
+
+
+def test_llama_byte_level_bpe_vocabulary(tmp_path, tiny_llama):
+    """A whole new byte-level BPE vocabulary (smaller than the old 131k one) on the Tekken/Llama-3-style model."""
+    data = training_data(tmp_path / "data")
+    cfg = tiny_config(tmp_path, tiny_llama, data, max_steps=6, save_strategy="no", save_steps=None)
+    cfg["lep"]["vocab"].update(method="bpe", vocab_size=3000)
+    output = run_train(write_config(tmp_path / "llama.yml", cfg))
+    out = Path(cfg["output_dir"])
+
+    assert_only_embeddings_changed(tiny_llama, out)
+    new_dir = _new_tokenizer_dir(output)
+    _assert_saved_tokenizer_is_new(out, new_dir, tiny_llama)
+    assert load_weights(out)["lm_head.weight"].shape[0] == len(load_tokenizer(new_dir)) < 10_000
+    loss_values = [float(v) for v in re.findall(r"'loss': '([0-9.]+)'", output)]
+    assert len(loss_values) >= 6 and loss_values[-1] < loss_values[0], loss_values
+
+
+def test_two_processes_build_once_and_agree(tmp_path, tiny_mistral):
+    data = training_data(tmp_path / "data", docs=40)
+    cfg = tiny_config(tmp_path, tiny_mistral, data, max_steps=4, save_strategy="no", save_steps=None)
+    output = run_train(
+        write_config(tmp_path / "ddp.yml", cfg), launcher=["--launcher", "torchrun", "--", "--nproc_per_node", "2"]
+    )
+    built = lep_lines(output, r"vocabulary (\S+) \(built, fingerprint (\w+)")
+    reused = lep_lines(output, r"vocabulary (\S+) \(reused, fingerprint (\w+)")
+    assert len(built) == 1 and len(reused) == 1, output[-3000:]
+    assert {built[0].group(1), reused[0].group(1)} == {"0", "1"}
+    assert built[0].group(2, 3) == reused[0].group(2, 3)  # same dir, same tokenizer
+
+    batches = {m.group(1): int(m.group(2)) for m in lep_lines(output, r"(\d+) batches per rank")}
+    assert set(batches) == {"0", "1"}
+    rows = sum(1 for _ in open(data, encoding="utf-8"))
+    assert batches["0"] == batches["1"] and batches["0"] * 2 * cfg["micro_batch_size"] >= rows  # sharded
+    checksums = {m.group(1): m.group(2) for m in lep_lines(output, r"embedding checksum (\S+)")}
+    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
+    assert_only_embeddings_changed(tiny_mistral, Path(cfg["output_dir"]))
+
+
+def test_deepspeed_zero2_cpu(tmp_path, tiny_mistral):
+    data = training_data(tmp_path / "data")
+    cfg = tiny_config(
+        tmp_path, tiny_mistral, data, deepspeed=str(EXAMPLES / "ds_zero2.json"), max_steps=4, save_steps=4
+    )
+    output = run_train(write_config(tmp_path / "z2.yml", cfg))
+    out = Path(cfg["output_dir"])
+    assert lep_lines(output, "no CUDA: initialised a gloo process group for DeepSpeed")
+    assert (out / "checkpoint-4" / "global_step4").is_dir()
+    assert_only_embeddings_changed(tiny_mistral, out)
+    _assert_saved_tokenizer_is_new(out, _new_tokenizer_dir(output), tiny_mistral)
+
+
+def test_deepspeed_zero3_new_rows(zero3_checkpoint):
+    run = zero3_checkpoint
+    assert (run.checkpoint / "latest").read_text().strip() == f"global_step{run.step}"
+    assert any((run.checkpoint / f"global_step{run.step}").glob("*model_states.pt"))
+    assert lep_lines(run.log, "training \\d+ new-token rows of model.embed_tokens.weight, lm_head.weight")
+
+    base, new = load_weights(run.base_model), load_weights(run.output)
+    old_rows = base["model.embed_tokens.weight"].shape[0]
+    for name, tensor in base.items():
+        if "embed_tokens" in name or "lm_head" in name:
+            # extend keeps old ids: their rows are copied by T and then frozen row-wise (even under ZeRO-3)
+            assert torch.equal(new[name][:old_rows], tensor), name
+        else:
+            assert torch.equal(new[name], tensor), name
+    # the new rows trained: they differ from their T-initialisation in the first checkpoint's model
+    first = load_weights(run.output / "checkpoint-2")
+    assert not torch.equal(first["lm_head.weight"][old_rows:], new["lm_head.weight"][old_rows:])
+    _assert_saved_tokenizer_is_new(run.checkpoint, _new_tokenizer_dir(run.log), run.base_model)
