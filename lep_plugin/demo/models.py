@@ -1,0 +1,115 @@
+"""Tiny base and "instruct" models for the demo, trained by the demo itself on the CPU in about two minutes.
+
+* base: a 2-layer Llama (d=96) with the real Mistral-7B tokenizer, trained from scratch as a language
+  model on the demo texts (mostly Russian and English prose);
+* instruct: the base fine-tuned on chat-format instructions (copy, upper-case, count words …) through the
+  tokenizer's chat template, loss on the answers only.
+
+Both are far too small to be useful models; they are real checkpoints of the two kinds LEP works on,
+so every later stage (vocabulary, embedding training, propagation, evaluation) runs for real. Training
+is time-boxed (``seconds``) so the demo fits its budget on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from lep_plugin.io.corpus import iter_texts
+
+
+def _config(tok, hidden: int, layers: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+    )
+
+
+def _train(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seconds: float, lr: float,
+           log: Callable[[str], None], label: str) -> int:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    start, step, first = time.perf_counter(), 0, None
+    for ids, labels in batches:
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        step += 1
+        first = first if first is not None else loss.item()
+        if step % 20 == 0:
+            log(f"  {label} step {step}: loss {loss.item():.3f} (from {first:.3f})")
+        if time.perf_counter() - start > seconds:
+            break
+    model.eval()
+    return step
+
+
+def _lm_batches(tok, files: list[Path], seq: int, batch: int, seed: int):
+    ids: list[int] = []
+    for text in iter_texts(files):
+        ids += tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+    chunks = [ids[i : i + seq] for i in range(0, len(ids) - seq, seq)]
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(chunks)
+        for i in range(0, len(chunks) - batch, batch):
+            block = torch.tensor(chunks[i : i + batch])
+            yield block, block
+
+
+def _chat_batches(tok, instructions: Path, batch: int, seed: int, max_len: int = 256):
+    examples = []
+    for line in instructions.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        prompt_text = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        prompt = tok(prompt_text, add_special_tokens=False)["input_ids"]  # the template writes BOS itself
+        answer = tok(messages[-1]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        if len(prompt) + len(answer) <= max_len:
+            examples.append((prompt, answer))
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(examples)
+        for i in range(0, len(examples) - batch, batch):
+            group = examples[i : i + batch]
+            width = max(len(p) + len(a) for p, a in group)
+            ids = torch.full((len(group), width), tok.eos_token_id)
+            labels = torch.full((len(group), width), -100)
+            for r, (p, a) in enumerate(group):
+                ids[r, : len(p) + len(a)] = torch.tensor(p + a)
+                labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
+            yield ids, labels
+
+
+def train_base(tokenizer_dir: Path, texts: list[Path], out: Path, seconds: float, log=print, hidden: int = 96, layers: int = 2) -> Path:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_config(tok, hidden, layers))
+    steps = _train(model, _lm_batches(tok, texts, seq=128, batch=8, seed=0), seconds, 3e-3, log, "base")
+    model.save_pretrained(str(out), max_shard_size="4MB")
+    tok.save_pretrained(str(out))
+    log(f"  base: {steps} steps")
+    return out
+
+
+def train_instruct(base: Path, instructions: Path, out: Path, seconds: float, log=print) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    steps = _train(model, _chat_batches(tok, instructions, batch=8, seed=1), seconds, 1e-3, log, "instruct")
+    model.save_pretrained(str(out), max_shard_size="4MB")
+    tok.save_pretrained(str(out))
+    log(f"  instruct: {steps} steps")
+    return out
