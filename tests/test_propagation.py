@@ -15,8 +15,8 @@ from lep_plugin.math.propagation import (
     relative_residual,
     shared_token_ids,
     solve,
-    trained_mask,
 )
+from lep_plugin.math.operator import trained_rows
 
 
 def _models(old: int = 700, d: int = 24, seed: int = 0, dtype=torch.float64):
@@ -66,7 +66,7 @@ def test_conversion_equals_dense_lstsq():
 def test_conversion_blocks_match_apply_operator_with_position_weights_and_bf16():
     base, instruct = _models(dtype=torch.bfloat16)
     operator = build_operator(_pieces(400, base.shape[0], seed=3), base.shape[0], "position")
-    trained = trained_mask(base)
+    trained = trained_rows(base)
     assert torch.equal(trained, trained_rows(base))
     a = apply_operator(operator, base.double(), trained)
     b = apply_operator(operator, instruct.double(), trained)
@@ -83,7 +83,7 @@ def test_overlap_equals_dense_lstsq():
     new_vocab = {f"t{i}": 1000 - i for i in range(0, base.shape[0], 2)} | {"only-new": 5}
     new_ids, old_ids = shared_token_ids(new_vocab, old_vocab)
     assert new_ids.tolist() == sorted(new_ids.tolist()) and 5 not in new_ids.tolist()
-    keep = trained_mask(base)[old_ids]
+    keep = trained_rows(base)[old_ids]
     old_ids = old_ids[keep]
     reference = dense_reference(base[old_ids], instruct[old_ids])
     eq = accumulate(overlap_blocks(base, instruct, old_ids, block_rows=50), base.shape[1])

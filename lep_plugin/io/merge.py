@@ -33,6 +33,7 @@ from lep_plugin.io.checkpoints import (
     write_weights,
 )
 from lep_plugin.math import propagation as prop
+from lep_plugin.math.operator import trained_rows
 
 MergeMethod = Literal["swap", "overlap", "conversion", "all"]
 REPORT = "lep_merge.json"
@@ -262,7 +263,7 @@ def _fits(plan: Plan, m: Matrix, operator: torch.Tensor | None, overlap_old: tor
     base = plan.base.get(m.base)
     instruct = plan.instruct.get(m.instruct)
     d = m.instruct_shape[1]
-    trained = prop.trained_mask(base[: len(plan.old_tok)]) if operator is None else prop.trained_mask(base[: operator.shape[1]])
+    trained = trained_rows(base[: len(plan.old_tok)]) if operator is None else trained_rows(base[: operator.shape[1]])
     eqs: dict[str, prop.NormalEquations] = {}
     bs = plan.options.block_rows
     if overlap_old is not None:

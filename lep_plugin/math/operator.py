@@ -62,7 +62,8 @@ def trained_rows(matrix: torch.Tensor, rel_tol: float = 1e-3) -> torch.Tensor:
     Rows never touched by training (Llama-3 base's reserved special tokens, padding rows) have zero or
     near-zero norm; averaging them in would shrink new rows towards zero.
     """
-    norms = torch.linalg.vector_norm(matrix.float(), dim=1)
+    # block by block: no full float32 copy of a 16-bit 128k×4096 matrix
+    norms = torch.cat([torch.linalg.vector_norm(matrix[s : s + 65536].float(), dim=1) for s in range(0, matrix.shape[0], 65536)])
     positive = norms[norms > 0]
     if positive.numel() == 0:
         return torch.zeros_like(norms, dtype=torch.bool)

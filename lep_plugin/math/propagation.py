@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from lep_plugin.math.operator import empty_rows, restrict_to_rows
+from lep_plugin.math.operator import empty_rows, restrict_to_rows, trained_rows
 
 Method = Literal["swap", "overlap", "conversion"]
 METHODS: tuple[Method, ...] = ("swap", "overlap", "conversion")
@@ -152,7 +152,7 @@ def operator_blocks(
     old = operator.shape[1]
     base, instruct = base[:old], instruct[:old]
     if trained is None:
-        trained = trained_mask(base)
+        trained = trained_rows(base)
     op = restrict_to_rows(operator, trained)
     missing = empty_rows(op)
     fallback_a = _mean_rows(base, trained)
@@ -170,17 +170,6 @@ def operator_blocks(
             rows[missing[start:stop]] = fallback
             blocks.append(rows)
         yield blocks[0], blocks[1]
-
-
-def trained_mask(matrix: torch.Tensor, rel_tol: float = 1e-3, block_rows: int = 65536) -> torch.Tensor:
-    """``operator.trained_rows`` computed block by block (no full float32 copy of a 128k×4096 matrix)."""
-    norms = torch.cat(
-        [torch.linalg.vector_norm(matrix[s : s + block_rows].float(), dim=1) for s in range(0, matrix.shape[0], block_rows)]
-    )
-    positive = norms[norms > 0]
-    if positive.numel() == 0:
-        return torch.zeros_like(norms, dtype=torch.bool)
-    return norms > rel_tol * positive.median()
 
 
 def _mean_rows(matrix: torch.Tensor, keep: torch.Tensor, block_rows: int = 65536) -> torch.Tensor:
