@@ -153,7 +153,7 @@ def test_lep_config_is_frozen():
 
 @pytest.mark.parametrize(
     "example",
-    sorted(p.name for p in (Path(__file__).resolve().parents[1] / "examples" / "yaml").glob("*.yml")),
+    sorted(p.name for p in (Path(__file__).resolve().parents[1] / "examples" / "yaml").glob("*.yml") if not p.name.startswith("calibration")),
 )
 def test_examples_pass_axolotl_validation(example):
     """Every shipped YAML is accepted by Axolotl's schema with the plugin's block (no model, no hub)."""
@@ -170,3 +170,19 @@ def test_examples_pass_axolotl_validation(example):
         assert validated.sequence_len == 1024 and validated.warmup_steps == 100
         assert validated.learning_rate == (2e-4 if example.startswith("llama3") else 1e-4)
         assert (EXAMPLES / Path(cfg["deepspeed"]).name).is_file()
+
+
+@pytest.mark.parametrize(
+    "example",
+    sorted(p.name for p in (Path(__file__).resolve().parents[1] / "examples" / "yaml").glob("calibration-*.yml")),
+)
+def test_calibration_examples_pass_axolotl_validation(example):
+    """The calibration LoRA recipes (LEP step 5) are plain Axolotl configs that its schema accepts."""
+    from _plugin_helpers import EXAMPLES
+
+    cfg = yaml.safe_load((EXAMPLES / example).read_text(encoding="utf-8"))
+    validated = _schema_validate(cfg)
+    assert validated.adapter == "lora" and parse_lep_block(cfg) is None
+    if example != "calibration-tiny-cpu.yml":
+        expected = {"calibration-self-8b.yml": (8, 1, 2.5e-5), "calibration-saiga-8b.yml": (32, 16, 5e-5)}[example]
+        assert (validated.lora_r, validated.lora_alpha, validated.learning_rate) == expected
