@@ -1,56 +1,72 @@
-"""Samples per second of `lep eval`'s batched greedy generation against a one-sample-at-a-time loop,
-on the same tiny model and prompts, in one run (issue 4).
+"""Samples per second of `lep eval`'s batched greedy generation against a one-sample-at-a-time loop, on a
+tiny random Mistral (d=64, 2 layers) with the real Mistral-7B tokenizer, same prompts, same run.
 
-    python benchmarks/bench_eval.py [--samples 32] [--new-tokens 64] [--batch 8]
-
-The model is a random tiny Llama (d=128, 2 layers) with the real Mistral-7B tokenizer; generation is
-forced to run ``--new-tokens`` steps (no stop token) so both ways do the same work; outputs must match.
+    .venv/bin/python benchmarks/bench_eval.py [--samples 32] [--max-new-tokens 64] [--batch-size 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures import RU_HELDOUT, build_mistral_tokenizer, build_tiny_model, read_texts  # noqa: E402
+from lep_plugin.io.eval_data import copy_prompt_ids, load_copy_tasks
+from lep_plugin.io.evaluate import greedy_generate
+from lep_plugin.io.tokenizers import import_mistral_common_tokenizer, mistral_common_file
 
-from lep_plugin.io.eval_data import copy_prompt_ids  # noqa: E402
-from lep_plugin.io.evaluate import greedy_generate  # noqa: E402
+HELDOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "heldout.jsonl"
+
+
+def tiny_model(tok):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return MistralForCausalLM(config).eval()
+
+
+def timed(fn) -> tuple[float, object]:
+    began = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - began, out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        tok_dir = build_mistral_tokenizer(Path(tmp) / "tok")
-        model_dir = build_tiny_model("llama", tok_dir, Path(tmp) / "model", hidden=128)
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        tok = AutoTokenizer.from_pretrained(model_dir)
-    sentences = [s for t in read_texts(RU_HELDOUT, 40) for s in t.split(". ") if 40 < len(s) < 200][: args.samples]
-    prompts = [copy_prompt_ids(tok, s, "chat") for s in sentences]
+        tok = AutoTokenizer.from_pretrained(str(import_mistral_common_tokenizer(mistral_common_file("tokenizer.model.v1"), Path(tmp) / "tok")))
+    model = tiny_model(tok)
+    tasks = load_copy_tasks(HELDOUT, "ru", args.samples, pool_chars=300_000)
+    prompts = [copy_prompt_ids(tok, s, "chat") for s in tasks.sentences]
+    # The random model would stop at random EOS draws; without stop tokens both runs do the same work.
+    stop: set[int] = set()
     with torch.no_grad():
-        start = time.perf_counter()
-        batched = greedy_generate(model, prompts, args.new_tokens, frozenset(), tok.eos_token_id, batch_size=args.batch)
-        batched_s = time.perf_counter() - start
-        start = time.perf_counter()
-        single = [greedy_generate(model, [p], args.new_tokens, frozenset(), tok.eos_token_id, batch_size=1)[0] for p in prompts]
-        single_s = time.perf_counter() - start
+        greedy_generate(model, prompts[:2], 4, stop, tok.pad_token_id, 2)  # warm-up
+        t_batched, batched = timed(lambda: greedy_generate(model, prompts, args.max_new_tokens, stop, tok.pad_token_id, args.batch_size))
+        t_single, single = timed(lambda: [greedy_generate(model, [p], args.max_new_tokens, stop, tok.pad_token_id, 1)[0] for p in prompts])
     agree = sum(a == b for a, b in zip(batched, single))
-    print(f"{len(prompts)} prompts × {args.new_tokens} new tokens, tiny Llama d=128 with a 32k vocabulary, CPU")
-    print(f"batched (batch {args.batch}): {len(prompts) / batched_s:.1f} samples/s; one at a time: {len(prompts) / single_s:.1f} samples/s")
-    print(f"speed-up {single_s / batched_s:.1f}×; identical outputs for {agree}/{len(prompts)} prompts")
+    n = len(prompts)
+    print(f"torch threads {torch.get_num_threads()}, {n} prompts (mean {sum(map(len, prompts)) / n:.0f} tokens), "
+          f"{args.max_new_tokens} new tokens each, vocab {len(tok)}")
+    print(f"batched (batch {args.batch_size}): {n / t_batched:8.2f} samples/s  ({t_batched:.2f} s)")
+    print(f"one at a time        : {n / t_single:8.2f} samples/s  ({t_single:.2f} s)")
+    print(f"speed-up: {t_single / t_batched:.2f}x; identical outputs: {agree}/{n}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,31 +20,31 @@ COPIER_CHAT_TEMPLATE = (
 )
 
 
-def lexicon(size: int = 150, seed: int = 7) -> list[str]:
+def lexicon(size: int = 60, seed: int = 7) -> list[str]:
     """Distinct pseudo-words (consonant-vowel syllables)."""
     rng = random.Random(seed)
     words: dict[str, None] = {}
     while len(words) < size:
-        words.setdefault("".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 3))))
+        words.setdefault("".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(4)))
     return list(words)
 
 
+COPY_WORDS = 24  # every copy text has this many words (~215 chars: both a sentence and a paragraph)
+
+
+def copy_text(words: list[str], rng: random.Random) -> str:
+    """One sentence of COPY_WORDS distinct words (no final period: a rare "word." token would be copied badly).
+
+    A fixed length keeps the copy at a fixed distance from its source, which a tiny model learns in a few
+    hundred CPU steps (a general induction-head copier takes far longer to form).
+    """
+    return " ".join(rng.sample(words, COPY_WORDS))
+
+
 def synthetic_documents(words: list[str], docs: int, seed: int) -> list[str]:
-    """Documents of three newline-separated paragraphs of 36-42 distinct words in sentences of 5-8 words."""
+    """Documents of three newline-separated one-sentence paragraphs (each a copy text)."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(docs):
-        paragraphs = []
-        for _ in range(3):
-            # no word twice in a paragraph: copying is then unambiguous for a small induction model
-            chosen = rng.sample(words, rng.randint(36, 42))
-            cuts = [0]
-            while cuts[-1] < len(chosen):
-                cuts.append(min(len(chosen), cuts[-1] + rng.randint(5, 8)))
-            sentences = [" ".join(chosen[a:b]) + "." for a, b in zip(cuts, cuts[1:])]
-            paragraphs.append(" ".join(sentences))
-        out.append("\n".join(paragraphs))
-    return out
+    return ["\n".join(copy_text(words, rng) for _ in range(4)) for _ in range(docs)]
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
@@ -107,7 +107,7 @@ def copy_examples(tok, texts: list[str]) -> list[tuple[list[int], list[int]]]:
 
 
 def train_copier(
-    tokenizer_dir: Path, out: Path, steps: int = 300, seed: int = 0, lr: float = 3e-3, hidden: int = 64, batch_size: int = 32, log=None
+    tokenizer_dir: Path, out: Path, steps: int = 500, seed: int = 0, lr: float = 3e-3, hidden: int = 64, batch_size: int = 32, log=None
 ) -> Path:
     """Train a tiny Llama to answer the chat copy prompt with the text; random sentences and paragraphs."""
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -115,16 +115,14 @@ def train_copier(
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config(tok, hidden=hidden))
-    words = [w for w in tok.get_vocab() if w.isalpha() and w.islower() and w not in CHAT_INSTRUCTION]
+    words = sorted(w for w in tok.get_vocab() if w.isalpha() and w.islower() and w not in CHAT_INSTRUCTION.lower())
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     model.train()
     for step in range(steps):
         texts = []
-        for _ in range(batch_size):
-            n = rng.choice([rng.randint(5, 8), rng.randint(30, 44)])
-            texts.append(" ".join(w + ("." if rng.random() < 0.15 else "") for w in rng.sample(words, n)))
+        texts = [copy_text(words, rng) for _ in range(batch_size)]
         batch = copy_examples(tok, texts)
         length = max(len(p) + len(a) for p, a in batch)
         ids = torch.full((len(batch), length), tok.pad_token_id)

@@ -86,7 +86,9 @@ _NEWLINE_IDS: dict[str, frozenset[int]] = {}
 
 def newline_token_ids(tokenizer) -> frozenset[int]:
     """Ids of every token whose text contains a newline (the plain prompt's end of a copy)."""
-    key = tokenizer.backend_tokenizer.to_str()[:0] + f"{id(tokenizer)}:{len(tokenizer)}"
+    from lep_plugin.io.tokenizers import fingerprint_tokenizer
+
+    key = fingerprint_tokenizer(tokenizer)
     if key not in _NEWLINE_IDS:
         size = len(tokenizer)
         texts = tokenizer.backend_tokenizer.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
@@ -113,7 +115,7 @@ def greedy_generate(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     stop_ids: set[int] | frozenset[int],
-    pad_id: int,
+    pad_id: int | None,
     batch_size: int = 8,
 ) -> list[list[int]]:
     """Greedy continuations of ``prompts``, batched with left padding and the KV cache.
@@ -121,6 +123,8 @@ def greedy_generate(
     Each continuation ends with the first stop token (included) or after ``max_new_tokens``. Prompts are
     batched in length order to waste little padding; the result is in the order of ``prompts``.
     """
+    if pad_id is None:
+        pad_id = 0  # any id: padded positions are masked out and never predicted from
     device = model_device(model)
     stop = torch.tensor(sorted(stop_ids) or [-1], device=device)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))

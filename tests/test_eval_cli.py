@@ -1,0 +1,49 @@
+"""``lep eval`` on two real tiny models (Mistral 32k and Tekken 131k tokenizers): Markdown table, JSON
+and plot; bad input is one error line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lep_plugin.cli.lep import main
+
+FAST = ["--samples", "2", "--max-new-tokens-sentence", "8", "--max-new-tokens-paragraph", "8", "--bpc-chars", "1500",
+        "--device", "cpu"]
+
+
+def test_lep_eval_two_models_table_json_plot(tiny_mistral, tiny_llama, ru_heldout, shared_data, tmp_path, capsys):
+    en = shared_data / "en" / "heldout.jsonl"
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    main(["eval", str(tiny_mistral), str(tiny_llama), "--text", str(ru_heldout), "--text", str(en), *FAST,
+          "--json", str(out_json), "--plot", str(out_png)])
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| model | ru/heldout sent. copy")
+    assert len(table) == 4 and table[2].startswith("| tiny-mistral |") and table[3].startswith("| tiny-llama |")
+    payload = json.loads(out_json.read_text())
+    rows = payload["results"]
+    assert [r["model"] for r in rows] == ["tiny-mistral", "tiny-llama"]
+    assert rows[0]["prompt_style"] == "chat"  # the Mistral tokenizer has a chat template
+    ru_m, ru_l = rows[0]["texts"]["ru/heldout"], rows[1]["texts"]["ru/heldout"]
+    # the real tokenizers' statistics on Russian: Mistral ~2.3 chars/token (METHOD.md), Tekken more compact
+    assert 2.0 < ru_m["chars_per_token"] < 2.7
+    assert ru_l["chars_per_token"] > ru_m["chars_per_token"]
+    for r in (ru_m, ru_l):
+        assert 0 <= r["sentence_copy"] <= 1 and r["bits_per_char"] > 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("case", ["missing_model", "empty_text"])
+def test_lep_eval_bad_input_is_one_error_line(case, tiny_mistral, ru_heldout, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    model = tmp_path / "no-such-model" if case == "missing_model" else tiny_mistral
+    text = ru_heldout if case == "missing_model" else empty
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(model), "--text", str(text), *FAST, "--json", str(tmp_path / "r.json")])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert ("does not exist" in err[0]) if case == "missing_model" else ("empty" in err[0])
+    assert not (tmp_path / "r.json").exists()
