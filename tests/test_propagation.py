@@ -61,6 +61,11 @@ def test_conversion_equals_dense_lstsq():
     assert _rel(sol.p, reference) < 1e-6
     residual = float(torch.linalg.norm(a @ reference - b) / torch.linalg.norm(b))
     assert abs(relative_residual(eq, sol.p) - residual) < 1e-6
+    swap_residual = float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+    assert abs(relative_residual(eq, None) - swap_residual) < 1e-9
+    # LAPACK's 1-norm estimate is within a factor d of the exact 2-norm condition number
+    exact = float(torch.linalg.cond(a.T @ a))
+    assert exact / a.shape[1] <= sol.condition <= exact * a.shape[1]
 
 
 def test_conversion_blocks_match_apply_operator_with_position_weights_and_bf16():

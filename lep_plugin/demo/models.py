@@ -8,14 +8,20 @@
 Both are far too small to be useful models; they are real checkpoints of the two kinds LEP works on,
 so every later stage (vocabulary, embedding training, propagation, evaluation) runs for real. Training
 is time-boxed (``seconds``) so the demo fits its budget on any machine.
+
+The defaults are the demo's. The mini reproduction (``benchmarks/mini_reproduction.py``) needs an
+instruct model that really copies, and opts in to more: repeated passages in the base's texts
+(``repeat``), longer sequences, extra chat examples (``extra``) and a warm-up + cosine learning rate
+over the time box (``schedule``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -33,12 +39,26 @@ def _config(tok, hidden: int, layers: int):
     )
 
 
+def _lr_factor(step: int, elapsed: float, seconds: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10 % by the end of the time box.
+
+    The decay follows elapsed time, not steps, because training stops at a wall-clock limit whose step
+    count is not known in advance.
+    """
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    progress = min(1.0, elapsed / seconds) if seconds > 0 else 1.0
+    return ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def _train(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seconds: float, lr: float,
-           log: Callable[[str], None], label: str) -> int:
+           log: Callable[[str], None], label: str, schedule: bool = False, warmup: int = 30) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
     start, step, first = time.perf_counter(), 0, None
     for ids, labels in batches:
+        if schedule:
+            for group in opt.param_groups:
+                group["lr"] = lr * _lr_factor(step, time.perf_counter() - start, seconds, warmup)
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -54,7 +74,14 @@ def _train(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seconds:
     return step
 
 
-def _lm_batches(tok, files: list[Path], seq: int, batch: int, seed: int):
+def _repeated(chunk: list[int]) -> list[int]:
+    """The first half of ``chunk`` written twice: predicting the second copy is only possible by looking
+    the continuation up in the first one, which is what makes a small model grow induction (copy) heads."""
+    half = chunk[: len(chunk) // 2]
+    return (half + half + chunk)[: len(chunk)]
+
+
+def _lm_batches(tok, files: list[Path], seq: int, batch: int, seed: int, repeat: float = 0.0):
     ids: list[int] = []
     for text in iter_texts(files):
         ids += tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
@@ -63,19 +90,27 @@ def _lm_batches(tok, files: list[Path], seq: int, batch: int, seed: int):
     while True:
         rng.shuffle(chunks)
         for i in range(0, len(chunks) - batch, batch):
-            block = torch.tensor(chunks[i : i + batch])
+            rows = [_repeated(c) if repeat and rng.random() < repeat else c for c in chunks[i : i + batch]]
+            block = torch.tensor(rows)
             yield block, block
 
 
-def _chat_batches(tok, instructions: Path, batch: int, seed: int, max_len: int = 256):
+def _chat_examples(tok, records: Iterable[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids + EOS) of chat records that fit ``max_len`` tokens."""
     examples = []
-    for line in instructions.read_text(encoding="utf-8").splitlines():
-        messages = json.loads(line)["messages"]
+    for record in records:
+        messages = record["messages"]
         prompt_text = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         prompt = tok(prompt_text, add_special_tokens=False)["input_ids"]  # the template writes BOS itself
         answer = tok(messages[-1]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(prompt) + len(answer) <= max_len:
             examples.append((prompt, answer))
+    return examples
+
+
+def _chat_batches(tok, instructions: Path, batch: int, seed: int, max_len: int = 256, extra: Sequence[dict] = ()):
+    records = [json.loads(line) for line in instructions.read_text(encoding="utf-8").splitlines()]
+    examples = _chat_examples(tok, [*records, *extra], max_len)
     rng = random.Random(seed)
     while True:
         rng.shuffle(examples)
@@ -90,25 +125,31 @@ def _chat_batches(tok, instructions: Path, batch: int, seed: int, max_len: int =
             yield ids, labels
 
 
-def train_base(tokenizer_dir: Path, texts: list[Path], out: Path, seconds: float, log=print, hidden: int = 96, layers: int = 2) -> Path:
+def train_base(tokenizer_dir: Path, texts: list[Path], out: Path, seconds: float, log=print, hidden: int = 96, layers: int = 2,
+               seq: int = 128, lr: float = 3e-3, repeat: float = 0.0, schedule: bool = False) -> Path:
+    """A language model from scratch; ``repeat`` is the fraction of training sequences that repeat a passage."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(0)
     model = LlamaForCausalLM(_config(tok, hidden, layers))
-    steps = _train(model, _lm_batches(tok, texts, seq=128, batch=8, seed=0), seconds, 3e-3, log, "base")
+    batches = _lm_batches(tok, texts, seq=seq, batch=8, seed=0, repeat=repeat)
+    steps = _train(model, batches, seconds, lr, log, "base", schedule=schedule)
     model.save_pretrained(str(out), max_shard_size="4MB")
     tok.save_pretrained(str(out))
     log(f"  base: {steps} steps")
     return out
 
 
-def train_instruct(base: Path, instructions: Path, out: Path, seconds: float, log=print) -> Path:
+def train_instruct(base: Path, instructions: Path, out: Path, seconds: float, log=print, extra: Sequence[dict] = (),
+                   lr: float = 1e-3, max_len: int = 256, schedule: bool = False) -> Path:
+    """The base tuned on the chat records of ``instructions`` plus ``extra`` ones (loss on answers only)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base))
-    steps = _train(model, _chat_batches(tok, instructions, batch=8, seed=1), seconds, 1e-3, log, "instruct")
+    batches = _chat_batches(tok, instructions, batch=8, seed=1, max_len=max_len, extra=extra)
+    steps = _train(model, batches, seconds, lr, log, "instruct", schedule=schedule)
     model.save_pretrained(str(out), max_shard_size="4MB")
     tok.save_pretrained(str(out))
     log(f"  instruct: {steps} steps")

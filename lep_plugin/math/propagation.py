@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
+from scipy.linalg.blas import dsyrk
+from scipy.linalg.lapack import dpocon
 
 from lep_plugin.math.operator import empty_rows, restrict_to_rows, trained_rows
 
@@ -32,9 +35,13 @@ MAX_CHOLESKY_CONDITION = 1e12
 
 @dataclass
 class NormalEquations:
-    """Sufficient statistics of a least-squares fit ``min ‖A·P − B‖``: AᵀA, AᵀB, ‖B‖² and the row count."""
+    """Sufficient statistics of a least-squares fit ``min ‖A·P − B‖``: AᵀA, AᵀB, ‖B‖² and the row count.
 
-    ata: torch.Tensor
+    ``gram_lower`` holds AᵀA in its lower triangle only (BLAS ``syrk`` fills one triangle, at half the
+    flops of a general product); :meth:`gram` is the full symmetric matrix.
+    """
+
+    gram_lower: torch.Tensor
     atb: torch.Tensor
     btb: float
     rows: int
@@ -47,26 +54,23 @@ class NormalEquations:
         """Accumulate one row block (any float dtype; the products are float64)."""
         if a.shape != b.shape:
             raise ValueError(f"row blocks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-        a = a.to(torch.float64)
+        if a.shape[0] == 0:
+            return
+        a = a.to(torch.float64).contiguous()
         b = b.to(torch.float64)
-        _add_gram(self.ata, a)
+        # Row-major aᵀ is a column-major d×n matrix, and the row-major accumulator seen column-major is
+        # its transpose: syrk's "upper" there is our lower triangle, updated in place (beta=1, no copy).
+        acc = self.gram_lower.numpy().T
+        out = dsyrk(1.0, a.numpy().T, beta=1.0, c=acc, trans=0, lower=0, overwrite_c=1)
+        if not np.shares_memory(out, acc):  # not expected: f2py copies only non-contiguous arrays
+            acc[...] = out
         self.atb.addmm_(a.T, b)
         self.btb += float(torch.linalg.vector_norm(b) ** 2)
         self.rows += a.shape[0]
 
-
-def _add_gram(acc: torch.Tensor, a: torch.Tensor) -> None:
-    """acc += aᵀa. BLAS ``syrk`` does half the flops of a general product (the Gram is symmetric)."""
-    if a.shape[0] == 0:
-        return
-    try:
-        from scipy.linalg.blas import dsyrk
-    except ImportError:  # scipy is optional: a full product gives the same numbers, twice the work
-        acc.addmm_(a.T, a)
-        return
-    # aᵀ viewed as Fortran-ordered d×n: syrk then computes aᵀ·a with no copy of the block.
-    upper = torch.from_numpy(dsyrk(1.0, a.contiguous().numpy().T, trans=0, lower=0))
-    acc += torch.triu(upper) + torch.triu(upper, diagonal=1).T
+    def gram(self) -> torch.Tensor:
+        """AᵀA as a full symmetric matrix."""
+        return torch.tril(self.gram_lower) + torch.tril(self.gram_lower, diagonal=-1).T
 
 
 def accumulate(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int) -> NormalEquations:
@@ -81,42 +85,49 @@ def accumulate(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int) ->
 class Solution:
     p: torch.Tensor  # d×d float64
     solver: str  # "cholesky" or "eigh"
-    condition: float  # condition number of AᵀA (inf when singular)
+    condition: float  # condition number of AᵀA: LAPACK's 1-norm estimate (cholesky), exact (eigh); inf when singular
 
 
 def solve(eq: NormalEquations, ridge: float = 1e-13) -> Solution:
     """P minimising ‖A·P − B‖ from the normal equations.
 
-    Well-conditioned AᵀA: Cholesky of AᵀA + ``ridge``·mean(diag)·I (the ridge only guards against a
-    breakdown from rounding; at 1e-13 it moves P far less than the 1e-6 agreement with ``lstsq``).
+    Cholesky of AᵀA + ``ridge``·mean(diag)·I first (the ridge only guards against a breakdown from
+    rounding; at 1e-13 it moves P far less than the 1e-6 agreement with ``lstsq``), kept when LAPACK's
+    condition estimate from the factor (``pocon``, O(d²)) is below :data:`MAX_CHOLESKY_CONDITION`.
     Otherwise: the minimum-norm solution through the eigen decomposition, dropping eigenvalues below
     float64 resolution, which is what ``lstsq`` returns for a rank-deficient A.
     """
-    ata, atb = eq.ata, eq.atb
-    dim = ata.shape[0]
     if eq.rows == 0:
         raise ValueError("no rows to fit")
-    evals = torch.linalg.eigvalsh(ata)
-    top = float(evals[-1])
-    if top <= 0:
+    ata, atb = eq.gram(), eq.atb
+    dim = ata.shape[0]
+    scale = float(torch.diagonal(ata).mean())
+    if scale <= 0:
         raise ValueError("A is all zeros: nothing to fit")
-    condition = top / float(evals[0]) if float(evals[0]) > 0 else math.inf
-    if condition < MAX_CHOLESKY_CONDITION:
-        shift = ridge * float(torch.diagonal(ata).mean())
-        factor, info = torch.linalg.cholesky_ex(ata + shift * torch.eye(dim, dtype=ata.dtype))
-        if int(info) == 0:
+    factor, info = torch.linalg.cholesky_ex(ata + ridge * scale * torch.eye(dim, dtype=ata.dtype))
+    if int(info) == 0:
+        one_norm = float(ata.abs().sum(0).max())
+        # torch's lower factor L seen column-major is Lᵀ, the upper factor pocon reads by default
+        rcond, status = dpocon(factor.numpy().T, one_norm)
+        condition = 1.0 / rcond if status == 0 and rcond > 0 else math.inf
+        if condition < MAX_CHOLESKY_CONDITION:
             return Solution(torch.cholesky_solve(atb, factor), "cholesky", condition)
     evals, evecs = torch.linalg.eigh(ata)
     keep = evals > evals[-1] * dim * torch.finfo(torch.float64).eps
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
     p = evecs @ (inv[:, None] * (evecs.T @ atb))
+    condition = float(evals[-1] / evals[0]) if float(evals[0]) > 0 else math.inf
     return Solution(p, "eigh", condition)
 
 
-def relative_residual(eq: NormalEquations, p: torch.Tensor) -> float:
-    """‖A·P − B‖ / ‖B‖ from the normal equations (= tr(PᵀAᵀAP) − 2 tr(PᵀAᵀB) + ‖B‖²)."""
-    p = p.to(torch.float64)
-    sq = float((p * (eq.ata @ p)).sum() - 2.0 * (p * eq.atb).sum() + eq.btb)
+def relative_residual(eq: NormalEquations, p: torch.Tensor | None) -> float:
+    """‖A·P − B‖ / ‖B‖ from the normal equations (= tr(PᵀAᵀAP) − 2 tr(PᵀAᵀB) + ‖B‖²); P = None is the
+    identity (swap), whose residual needs no d³ product."""
+    if p is None:
+        sq = float(torch.diagonal(eq.gram_lower).sum() - 2.0 * torch.diagonal(eq.atb).sum() + eq.btb)
+    else:
+        p = p.to(torch.float64)
+        sq = float((p * (eq.gram() @ p)).sum() - 2.0 * (p * eq.atb).sum() + eq.btb)
     return math.sqrt(max(sq, 0.0) / eq.btb) if eq.btb > 0 else 0.0
 
 
@@ -155,19 +166,29 @@ def operator_blocks(
         trained = trained_rows(base)
     op = restrict_to_rows(operator, trained)
     missing = empty_rows(op)
-    fallback_a = _mean_rows(base, trained)
-    fallback_b = _mean_rows(instruct, trained)
+    fallback_a = fallback_b = None
+    # the fallback means cost a pass over both matrices: only when some row has nothing to average
+    if bool(missing.any()):
+        fallback_a, fallback_b = _mean_rows(base, trained), _mean_rows(instruct, trained)
     crow, col, val = op.crow_indices(), op.col_indices(), op.values().to(torch.float64)
     for start in range(0, op.shape[0], block_rows):
         stop = min(start + block_rows, op.shape[0])
         lo, hi = int(crow[start]), int(crow[stop])
         cols, vals = col[lo:hi], val[lo:hi]
-        row_of = torch.repeat_interleave(torch.arange(stop - start), crow[start : stop + 1].diff())
+        counts = crow[start : stop + 1].diff()
+        # kept tokens (most rows of an `extend` vocabulary) are one old row with weight 1: a plain gather
+        one_to_one = bool((counts == 1).all()) and bool((vals == 1).all())
+        row_of = None if one_to_one else torch.repeat_interleave(torch.arange(stop - start), counts)
         blocks = []
         for old_matrix, fallback in ((base, fallback_a), (instruct, fallback_b)):
-            gathered = old_matrix.index_select(0, cols).to(torch.float64).mul_(vals[:, None])
-            rows = torch.zeros(stop - start, old_matrix.shape[1], dtype=torch.float64).index_add_(0, row_of, gathered)
-            rows[missing[start:stop]] = fallback
+            gathered = old_matrix.index_select(0, cols).to(torch.float64)
+            if one_to_one:
+                rows = gathered
+            else:
+                gathered.mul_(vals[:, None])
+                rows = torch.zeros(stop - start, old_matrix.shape[1], dtype=torch.float64).index_add_(0, row_of, gathered)
+            if fallback is not None:
+                rows[missing[start:stop]] = fallback
             blocks.append(rows)
         yield blocks[0], blocks[1]
 
