@@ -5,7 +5,10 @@
 1. an English-leaning byte-level tokenizer (BPE trained on the shipped English texts plus a little
    Russian, in the Tekken/Llama-3 style), so Russian splits into short pieces as in the real models;
 2. base: a small Llama trained from scratch on mostly English with some Russian;
-3. instruct: the base fine-tuned on chat instructions (copy and simple transformations, both languages);
+3. instruct: the base fine-tuned on chat instructions (the shipped copy and simple transformations, both
+   languages) plus copy-instruction chats made by `lep data copy-task`'s builder from *training* texts
+   (never the held-out files), so that the instruct model really copies and the copy scores can show
+   what LEP keeps; the base's texts repeat a passage in some sequences so that induction (copy) heads form;
 4. Russian vocabularies (`extend` and `bpe`), embedding-only `axolotl train` of the base with the plugin;
 5. `lep-merge --method all` (swap / overlap / conversion) for each vocabulary;
 6. `lep eval` of every model: chars/token, bits/char, Russian and English copy scores, and the wall time

@@ -1,8 +1,9 @@
 """Helpers for the plugin tests: tiny YAMLs derived from examples/yaml/tiny-cpu.yml, real ``axolotl train``
 subprocesses, safetensors comparison, and the reusable ZeRO-3 checkpoint recipe.
 
-``zero3_checkpoint`` (session fixture; import it into a test module to use it) runs ``axolotl train`` with
-the plugin under DeepSpeed ZeRO-3 on CPU and returns a :class:`Zero3Run` whose ``checkpoint`` dir holds
+:func:`make_zero3_checkpoint` (behind the session fixture ``zero3_checkpoint`` of conftest.py, shared by the
+plugin and lep-merge tests) runs ``axolotl train`` with the plugin under DeepSpeed ZeRO-3 on CPU and
+returns a :class:`Zero3Run` whose ``checkpoint`` dir holds
 ``global_stepN/`` (DeepSpeed model/optimizer states), ``latest``, the HF files and the new tokenizer.
 """
 
@@ -146,9 +147,3 @@ def make_zero3_checkpoint(
     output = Path(cfg["output_dir"])
     checkpoint = output / f"checkpoint-{max_steps}"
     return Zero3Run(base_model, output, checkpoint, max_steps, log)
-
-
-@pytest.fixture(scope="session")
-def zero3_checkpoint(tmp_path_factory, tiny_mistral) -> Zero3Run:
-    """A real ZeRO-3 checkpoint of tiny Mistral trained with the plugin (`train: new_rows`, extend)."""
-    return make_zero3_checkpoint(tmp_path_factory.mktemp("zero3"), tiny_mistral)

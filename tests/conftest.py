@@ -71,3 +71,12 @@ def ru_corpus_small(tmp_path_factory, shared_data):
 @pytest.fixture(scope="session")
 def ru_heldout(shared_data):
     return RU_HELDOUT
+
+
+@pytest.fixture(scope="session")
+def zero3_checkpoint(tmp_path_factory, tiny_mistral):
+    """A real ZeRO-3 checkpoint of tiny Mistral trained by ``axolotl train`` with the plugin (`train:
+    new_rows`, extend vocabulary); here so that the plugin and lep-merge tests share one run."""
+    from _plugin_helpers import make_zero3_checkpoint
+
+    return make_zero3_checkpoint(tmp_path_factory.mktemp("zero3"), tiny_mistral)

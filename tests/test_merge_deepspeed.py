@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _merge_helpers import mistral_trio  # noqa: F401 - fixture
+from _merge_helpers import mistral_trio  # noqa: F401 - fixture (zero3_checkpoint comes from conftest)
 
 from lep_plugin.cli.merge import main
 from lep_plugin.io.checkpoints import SafetensorsCheckpoint, open_checkpoint
@@ -68,3 +68,29 @@ def test_zero_checkpoint_as_adapted_model(mistral_trio, tmp_path, stage, world):
         rows = reference[name].shape[0]
         keep = torch.tensor([i not in added for i in range(rows)])
         assert torch.equal(result[:rows][keep], reference[name][keep].to(result.dtype))
+
+
+@pytest.mark.e2e
+def test_zero3_checkpoint_from_axolotl_train(zero3_checkpoint, mistral_trio, tmp_path):
+    """lep-merge reads the DeepSpeed dir ``axolotl train`` leaves (plugin, ZeRO-3, extend vocabulary):
+    the same conversion as from the run's final HF save of the same step, and a model that chats."""
+    run = zero3_checkpoint
+    assert isinstance(open_checkpoint(run.checkpoint, "adapted"), DeepSpeedCheckpoint)
+    outputs = {}
+    for kind, adapted in (("deepspeed", run.checkpoint), ("hf", run.output)):
+        outputs[kind] = tmp_path / kind
+        main(["--base", str(run.base_model), "--instruct", str(mistral_trio.instruct), "--adapted", str(adapted),
+              "--output", str(outputs[kind]), "--method", "conversion"])
+    from_ds, from_hf = SafetensorsCheckpoint(outputs["deepspeed"]), SafetensorsCheckpoint(outputs["hf"])
+    for name in NAMES:
+        assert from_ds.get(name).shape[0] > SafetensorsCheckpoint(run.base_model).get(name).shape[0]  # new vocabulary
+        torch.testing.assert_close(from_ds.get(name), from_hf.get(name), rtol=1e-5, atol=1e-6)
+
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(outputs["deepspeed"])
+    model = AutoModelForCausalLM.from_pretrained(str(outputs["deepspeed"]))
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Привет"}], add_generation_prompt=True, return_tensors="pt")
+    ids = prompt["input_ids"] if not isinstance(prompt, torch.Tensor) else prompt
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids.shape[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _plugin_helpers import (  # noqa: F401 - zero3_checkpoint is a fixture
+from _plugin_helpers import (
     EXAMPLES,
     assert_only_embeddings_changed,
     lep_lines,
@@ -20,7 +20,6 @@ from _plugin_helpers import (  # noqa: F401 - zero3_checkpoint is a fixture
     tiny_config,
     training_data,
     write_config,
-    zero3_checkpoint,
 )
 from fixtures import RU_HELDOUT, write_corpus_slice
 from lep_plugin.io.tokenizers import fingerprint_tokenizer, load_tokenizer
