@@ -61,6 +61,7 @@ def test_conversion_equals_dense_lstsq():
     assert _rel(sol.p, reference) < 1e-6
     residual = float(torch.linalg.norm(a @ reference - b) / torch.linalg.norm(b))
     assert abs(relative_residual(eq, sol.p) - residual) < 1e-6
+    assert abs(sol.residual - residual) < 1e-6
     swap_residual = float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
     assert abs(relative_residual(eq, None) - swap_residual) < 1e-9
     # LAPACK's 1-norm estimate is within a factor d of the exact 2-norm condition number
@@ -108,6 +109,7 @@ def test_ill_conditioned_falls_back_to_minimum_norm_solution():
     reference = torch.linalg.pinv(a) @ b
     assert _rel(sol.p, reference) < 1e-6
     assert _rel(a @ sol.p, a @ reference) < 1e-6
+    assert abs(sol.residual - float(torch.linalg.norm(a @ reference - b) / torch.linalg.norm(b))) < 1e-6
 
 
 def test_apply_correction_and_swap():

@@ -321,7 +321,7 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
             for method in plan.methods:
                 p = None if method == "swap" else solutions[method].p
                 fit_report[method] = {
-                    f"residual_on_{k}": prop.relative_residual(eq, p)
+                    f"residual_on_{k}": solutions[k].residual if k == method else prop.relative_residual(eq, p)
                     for k, eq in eqs.items()
                 }
                 if method in solutions:
