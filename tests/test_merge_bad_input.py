@@ -154,7 +154,10 @@ def test_output_inside_an_input_is_refused(mistral_trio, tmp_path, capsys):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_no_output(mistral_trio, tmp_path, sig):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from lep_plugin.cli.merge import main; main()", "--base", str(mistral_trio.base),
+    # Ctrl-C as in a terminal: a job started in the background by a non-interactive shell (as CI may run
+    # the suite) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+    child = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from lep_plugin.cli.merge import main; main()"
+    cmd = [sys.executable, "-c", child, "--base", str(mistral_trio.base),
            "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out),
            "--method", "all", "--block-rows", "16"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
