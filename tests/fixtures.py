@@ -79,3 +79,12 @@ def write_corpus_slice(path: Path, out: Path, docs: int) -> Path:
                 break
             dst.write(line)
     return out
+
+
+def generate_from_chat(model, tok, text: str, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, greedy output ids) for one user message through the tokenizer's chat template: the
+    check that a model dir is chat-ready. ``apply_chat_template`` returns a tensor or, in newer
+    transformers, a BatchEncoding; both are accepted."""
+    prompt = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
+    ids = prompt if isinstance(prompt, torch.Tensor) else prompt["input_ids"]
+    return ids, model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)

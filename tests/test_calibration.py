@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from _plugin_helpers import EXAMPLES, VENV_BIN, run_train, train_env, write_config
-from fixtures import write_corpus_slice
+from fixtures import generate_from_chat, write_corpus_slice
 from lep_plugin.cli.lep import main
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +46,5 @@ def test_calibration_lora_and_merge_lora_on_new_vocabulary(tmp_path, tiny_mistra
     assert merged.get_input_embeddings().weight.shape == lep.get_input_embeddings().weight.shape
     changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, lep.state_dict()[n])]
     assert any("q_proj" in n for n in changed), "the LoRA was not merged"
-    ids = tok.apply_chat_template([{"role": "user", "content": "Повтори: привет"}], add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    assert merged.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    ids, generated = generate_from_chat(merged, tok, "Повтори: привет", max_new_tokens=3)
+    assert generated.shape[1] == ids.shape[1] + 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fixtures import generate_from_chat
 from lep_plugin.demo.models import train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, corpora
 
@@ -19,9 +20,8 @@ def test_tiny_base_and_instruct_models_train_and_chat(mistral_tokenizer, tmp_pat
     tok = AutoTokenizer.from_pretrained(instruct)
     base_model = AutoModelForCausalLM.from_pretrained(base)
     assert any(not (a == b).all() for a, b in zip(model.parameters(), base_model.parameters())), "instruct tuning changed nothing"
-    ids = tok.apply_chat_template([{"role": "user", "content": "Повтори: привет"}], add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+    ids, generated = generate_from_chat(model, tok, "Повтори: привет", max_new_tokens=4)
+    assert generated.shape[1] > ids.shape[1]
 
 
 def test_demo_corpora_roles(shared_data):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from _merge_helpers import CHAT_MARKER, mistral_trio, tied_trio  # noqa: F401 - fixtures
+from fixtures import generate_from_chat
 
 from lep_plugin.cli.merge import main
 from lep_plugin.io.checkpoints import SafetensorsCheckpoint
@@ -80,9 +81,8 @@ def _check_output(out: Path, trio, method: str) -> None:
     assert tok.chat_template == instruct_tok.chat_template
     # chat-ready: loads with the Auto classes and generates from the chat template
     model = AutoModelForCausalLM.from_pretrained(str(out))
-    ids = tok.apply_chat_template([{"role": "user", "content": "Привет, как дела?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
-    assert generated.shape[1] > ids["input_ids"].shape[1]
+    ids, generated = generate_from_chat(model, tok, "Привет, как дела?", max_new_tokens=5)
+    assert generated.shape[1] > ids.shape[1]
 
 
 def test_conversion_matches_dense_reference_and_chats(mistral_trio, tmp_path, capsys):

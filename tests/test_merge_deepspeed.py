@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from _merge_helpers import mistral_trio  # noqa: F401 - fixture (zero3_checkpoint comes from conftest)
+from fixtures import generate_from_chat
 
 from lep_plugin.cli.merge import main
 from lep_plugin.io.checkpoints import SafetensorsCheckpoint, open_checkpoint
@@ -82,15 +83,14 @@ def test_zero3_checkpoint_from_axolotl_train(zero3_checkpoint, mistral_trio, tmp
         main(["--base", str(run.base_model), "--instruct", str(mistral_trio.instruct), "--adapted", str(adapted),
               "--output", str(outputs[kind]), "--method", "conversion"])
     from_ds, from_hf = SafetensorsCheckpoint(outputs["deepspeed"]), SafetensorsCheckpoint(outputs["hf"])
+    base = SafetensorsCheckpoint(run.base_model)
     for name in NAMES:
-        assert from_ds.get(name).shape[0] > SafetensorsCheckpoint(run.base_model).get(name).shape[0]  # new vocabulary
+        assert from_ds.get(name).shape[0] > base.get(name).shape[0]  # new vocabulary
         torch.testing.assert_close(from_ds.get(name), from_hf.get(name), rtol=1e-5, atol=1e-6)
 
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(outputs["deepspeed"])
     model = AutoModelForCausalLM.from_pretrained(str(outputs["deepspeed"]))
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Привет"}], add_generation_prompt=True, return_tensors="pt")
-    ids = prompt["input_ids"] if not isinstance(prompt, torch.Tensor) else prompt
-    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    ids, generated = generate_from_chat(model, tok, "Привет", max_new_tokens=5)
     assert generated.shape[1] > ids.shape[1]

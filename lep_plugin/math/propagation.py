@@ -92,8 +92,12 @@ class Solution:
 def _solved_residual(eq: NormalEquations, p: torch.Tensor) -> float:
     """The relative residual of a least-squares solution: AᵀA·P = AᵀB there, so ‖A·P − B‖² = ‖B‖² − tr(PᵀAᵀB),
     O(d²) instead of the d³ product of :func:`relative_residual`."""
-    sq = eq.btb - float((p * eq.atb).sum())
-    return math.sqrt(max(sq, 0.0) / eq.btb) if eq.btb > 0 else 0.0
+    return _relative(eq.btb - float((p * eq.atb).sum()), eq.btb)
+
+
+def _relative(squared_residual: float, btb: float) -> float:
+    """‖A·P − B‖ / ‖B‖ from ‖A·P − B‖² (clipped at 0: rounding can make a tiny residual negative)."""
+    return math.sqrt(max(squared_residual, 0.0) / btb) if btb > 0 else 0.0
 
 
 def solve(eq: NormalEquations, ridge: float = 1e-13) -> Solution:
@@ -137,7 +141,7 @@ def relative_residual(eq: NormalEquations, p: torch.Tensor | None) -> float:
     else:
         p = p.to(torch.float64)
         sq = float((p * (eq.gram() @ p)).sum() - 2.0 * (p * eq.atb).sum() + eq.btb)
-    return math.sqrt(max(sq, 0.0) / eq.btb) if eq.btb > 0 else 0.0
+    return _relative(sq, eq.btb)
 
 
 # ----------------------------------------------------------------------------------------- row blocks
