@@ -39,8 +39,9 @@ D, INTER, HEADS, KV_HEADS = 4096, 14336, 32, 8
 
 
 def tokenizers(root: Path, style: str) -> tuple[Path, Path]:
-    from lep_plugin.io.tokenizers import import_mistral_common_tokenizer, mistral_common_file
-    from lep_plugin.io.vocab import VocabOptions, build_vocabulary
+    from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
+    from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.options import VocabOptions
 
     old = root / f"{style}-old"
     new = root / f"{style}-new"
@@ -121,7 +122,8 @@ def build(root: Path, style: str, layers: int) -> dict[str, Path]:
 
 
 def job_ours(base: str, instruct: str, adapted: str, output: str) -> None:
-    from lep_plugin.io.merge import MergeOptions, run_merge
+    from lep_plugin.propagation.options import MergeOptions
+    from lep_plugin.propagation.run import run_merge
 
     run_merge(MergeOptions(base=Path(base), instruct=Path(instruct), adapted=Path(adapted), output=Path(output), method="conversion"), echo=lambda s: None)
 
@@ -175,7 +177,7 @@ def job_reference(base: str, instruct: str, adapted: str, output: str) -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    from lep_plugin.io.vocab_operator import vocabulary_operator
+    from lep_plugin.vocab.operator import vocabulary_operator
     from lep_plugin.math.operator import apply_operator, trained_rows
 
     def load(d: str) -> dict[str, torch.Tensor]:

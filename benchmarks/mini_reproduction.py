@@ -35,10 +35,12 @@ import yaml
 
 from lep_plugin.demo.models import train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, _axolotl_config, _run
-from lep_plugin.io.copy_task import CopyTaskOptions, build_copy_examples, write_jsonl_atomic
-from lep_plugin.io.corpus import iter_texts
-from lep_plugin.io.tokenizers import import_mistral_common_tokenizer, mistral_common_file
-from lep_plugin.io.vocab import VocabOptions, build_vocabulary
+from lep_plugin.calibration.copy_task import CopyTaskOptions, build_copy_examples
+from lep_plugin.common.fs import write_jsonl_atomic
+from lep_plugin.common.corpus import iter_texts
+from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.options import VocabOptions
 
 REPO = Path(__file__).resolve().parents[1]
 

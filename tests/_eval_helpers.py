@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lep_plugin.io.eval_data import CHAT_INSTRUCTION, chat_messages, copy_prompt_ids
+from lep_plugin.evaluation.tasks import CHAT_INSTRUCTION, chat_messages, copy_prompt_ids
 
 SEP = "<copy>"
 # Zero-shot "instruct" format of the copier: BOS, the user's message, a separator; the answer ends with EOS.

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lep_plugin.io.vocab import VocabOptions, build_vocabulary
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.options import VocabOptions
 
 CHAT_MARKER = "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -67,7 +68,7 @@ def build_instruct(base: Path, out: Path, seed: int = 1) -> Path:
 def build_adapted(base: Path, new_tok_dir: Path, out: Path, seed: int = 2) -> Path:
     from transformers import AutoTokenizer
 
-    from lep_plugin.io.vocab_operator import convert_embeddings
+    from lep_plugin.vocab.convert import convert_embeddings
 
     model = _load(base)
     old = AutoTokenizer.from_pretrained(str(base))

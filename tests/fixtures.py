@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lep_plugin.io.tokenizers import import_mistral_common_tokenizer, mistral_common_file
+from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RU_TRAIN = SHARED_DATA / "ru" / "train.jsonl"

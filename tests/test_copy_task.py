@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lep_plugin.io.copy_task import (
-    PROMPTS,
-    CopyTaskOptions,
-    build_copy_examples,
-    detect_language,
-    split_sentences,
-    text_units,
-)
+from lep_plugin.calibration.copy_task import PROMPTS, CopyTaskOptions, build_copy_examples
+from lep_plugin.common.text import detect_language, split_sentences, text_units
 
 DEMO = Path(__file__).resolve().parents[1] / "lep_plugin" / "data" / "demo"
 
@@ -192,7 +186,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     demo = str(DEMO / "ru.jsonl")
     assert "already exists" in _bad(tmp_path, "--text", demo, "--output", str(out))
     assert out.read_text(encoding="utf-8") == "keep me\n"
-    assert "also an input" in _bad(tmp_path, "--text", str(out), "--output", str(out), "--force")
+    assert "overlaps the text input" in _bad(tmp_path, "--text", str(out), "--output", str(out), "--force")
     assert out.read_text(encoding="utf-8") == "keep me\n"
     # --force replaces it
     result = lep("data", "copy-task", "--text", demo, "--output", str(out), "--force", "--samples", "5")

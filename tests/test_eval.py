@@ -12,8 +12,9 @@ import torch
 
 from _eval_helpers import build_word_tokenizer, lexicon, random_model, synthetic_documents, train_copier, write_jsonl
 from lep_plugin.errors import LEPError
-from lep_plugin.io.eval_data import copy_prompt_ids, load_copy_tasks, resolve_prompt_style
-from lep_plugin.io.evaluate import EvalSettings, bits_per_char, newline_token_ids, eos_token_ids, evaluate_model, greedy_generate, load_model, load_tasks
+from lep_plugin.evaluation.tasks import copy_prompt_ids, load_copy_tasks, resolve_prompt_style
+from lep_plugin.evaluation.evaluate import EvalSettings, bits_per_char, evaluate_model, load_model, load_tasks
+from lep_plugin.evaluation.generate import eos_token_ids, greedy_generate, newline_token_ids
 
 SETTINGS = EvalSettings(samples=6, max_new_tokens_sentence=64, max_new_tokens_paragraph=64, bpc_chars=3000, batch_size=4)
 
@@ -68,6 +69,33 @@ def test_batched_generation_equals_one_at_a_time(copy_world):
         again = greedy_generate(model, prompts, 40, stop, tok.pad_token_id, batch_size=5)
     assert batched == single
     assert batched == again  # deterministic
+    assert batched == [_reference_greedy(model, p, 40, stop) for p in prompts]
+
+
+def _reference_greedy(model, prompt: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:
+    """The definition of a greedy copy: argmax of a full forward pass over the whole sequence, one token at
+    a time, no cache, no padding, no batching; stop after the first stop token."""
+    ids, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            next_id = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(next_id)
+            out.append(next_id)
+            if next_id in stop:
+                break
+    return out
+
+
+def test_generation_equals_the_greedy_definition_on_a_random_model(copy_world):
+    """A random model rarely stops: long continuations, several stop ids, uneven prompt lengths."""
+    model, tok = load_model(copy_world["random"], device="cpu")
+    model.eval()
+    words = lexicon()
+    prompts = [copy_prompt_ids(tok, " ".join(words[:n]), "chat") for n in (1, 7, 15)]
+    stop = set(eos_token_ids(model, tok)) | {tok.convert_tokens_to_ids(w) for w in words[-3:]}
+    with torch.no_grad():
+        batched = greedy_generate(model, prompts, 24, stop, tok.pad_token_id, batch_size=3)
+    assert batched == [_reference_greedy(model, p, 24, stop) for p in prompts]
 
 
 def test_evaluation_restores_training_mode(copy_world):

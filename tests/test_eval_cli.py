@@ -32,6 +32,31 @@ def test_lep_eval_two_models_table_json_plot(tiny_mistral, tiny_llama, ru_heldou
     for r in (ru_m, ru_l):
         assert 0 <= r["sentence_copy"] <= 1 and r["bits_per_char"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_comparison_figure(rows)
+
+
+def _check_comparison_figure(records):
+    """What the plot shows: a panel per metric, titled; one bar series per model, labelled with the model's
+    name, with one bar per text at the recorded value (NaN drawn as 0)."""
+    import math
+
+    from lep_plugin.evaluation.evaluate import METRICS
+    from lep_plugin.evaluation.report import HEADERS, comparison_figure
+
+    fig = comparison_figure(records)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == [HEADERS[m] for m in METRICS]
+    texts = list(records[0]["texts"])
+    for ax, metric in zip(axes, METRICS):
+        assert [t.get_text() for t in ax.get_xticklabels()] == texts
+        assert len(ax.containers) == len(records)
+        for container, record in zip(ax.containers, records):
+            assert container.get_label() == record["model"]
+            expected = [record["texts"][t][metric] for t in texts]
+            heights = [bar.get_height() for bar in container]
+            assert heights == pytest.approx([0.0 if math.isnan(v) else v for v in expected])
+    legend = axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [r["model"] for r in records]
 
 
 @pytest.mark.parametrize("case", ["missing_model", "empty_text"])
@@ -42,7 +67,7 @@ def test_lep_eval_bad_input_is_one_error_line(case, tiny_mistral, ru_heldout, tm
     text = ru_heldout if case == "missing_model" else empty
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(model), "--text", str(text), *FAST, "--json", str(tmp_path / "r.json")])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert ("does not exist" in err[0]) if case == "missing_model" else ("empty" in err[0])

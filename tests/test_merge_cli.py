@@ -17,9 +17,9 @@ from _merge_helpers import CHAT_MARKER, mistral_trio, tied_trio  # noqa: F401 - 
 from fixtures import generate_from_chat
 
 from lep_plugin.cli.merge import main
-from lep_plugin.io.checkpoints import SafetensorsCheckpoint
-from lep_plugin.io.tokenizers import load_tokenizer
-from lep_plugin.io.vocab_operator import vocabulary_operator
+from lep_plugin.checkpoints.safetensors import SafetensorsCheckpoint
+from lep_plugin.common.tokenizers import load_tokenizer
+from lep_plugin.vocab.operator import vocabulary_operator
 from lep_plugin.math.operator import apply_operator, trained_rows
 from lep_plugin.math.propagation import dense_reference, shared_token_ids
 

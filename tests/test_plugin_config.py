@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 import yaml
 
 from _plugin_helpers import tiny_config, training_data, write_config
 from lep_plugin.errors import LEPError
-from lep_plugin.plugin.args import LEPConfig, parse_lep_block
+from lep_plugin.plugin.args import parse_lep_block
 
 PLUGIN = "lep_plugin.LEPPlugin"
 
@@ -145,10 +146,16 @@ def test_built_vocabulary_is_content_addressed(tmp_path, tiny_mistral, data):
     assert {p.name for p in (tmp_path / "prepared").glob("lep-vocab-*") if p.is_dir()} == {first.name, other.name}
 
 
-def test_lep_config_is_frozen():
-    config = LEPConfig.model_validate({"train": "off"})
-    with pytest.raises(Exception):
-        config.train = "embeddings"
+def test_parsed_block_cannot_be_changed_by_a_later_hook():
+    """The plugin keeps the parsed block across hooks (register → model hooks → post_train); a hook that
+    tried to change it, at the top or in the nested vocabulary section, fails instead of diverging."""
+    config = parse_lep_block({"lep": {"vocab": {"method": "extend", "corpus": "ru.jsonl", "vocab_size": 100}}})
+    for target, field, value in ((config, "train", "off"), (config.vocab, "vocab_size", 5)):
+        with pytest.raises(ValidationError) as err:
+            setattr(target, field, value)
+        assert err.value.errors()[0]["type"] == "frozen_instance"
+    assert config.train == "embeddings" and config.vocab.vocab_size == 100
+    assert config.vocab.corpus == ["ru.jsonl"]  # one file given as a string is a list of one
 
 
 @pytest.mark.parametrize(

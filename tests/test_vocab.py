@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from fixtures import EN_HELDOUT, RU_HELDOUT, read_texts
-from lep_plugin.io.tokenizers import load_tokenizer, tokenizer_json
-from lep_plugin.io.vocab import VocabOptions, build_vocabulary, read_manifest
-from lep_plugin.io.vocab_operator import token_pieces, vocabulary_operator
+from lep_plugin.common.tokenizers import load_tokenizer, tokenizer_json
+from lep_plugin.common.tokenizers import read_manifest
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.options import VocabOptions
+from lep_plugin.vocab.operator import token_pieces, vocabulary_operator
 from lep_plugin.math.operator import apply_operator
 
 METHODS = {
@@ -95,6 +97,13 @@ def test_optimize_keeps_frequent_tokens_and_bytes(built, style):
     assert all(old.convert_ids_to_tokens(i) in new_vocab for i in top)
     assert len(new) < len(old)
     assert all(t["content"] in new_vocab for t in tokenizer_json(old)["added_tokens"])
+    # every byte stays encodable: the byte-fallback tokens (SentencePiece) or the byte-level alphabet
+    from tokenizers import pre_tokenizers
+
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)] if style == "mistral" else pre_tokenizers.ByteLevel.alphabet()
+    assert len(bytes_) == 256 and all(b in new_vocab for b in bytes_)
+    rare = "\u2603\U0001F600 ⅏ 𝔘"  # snowman, emoji, rare symbols: only bytes can spell them
+    assert new.decode(new(rare, add_special_tokens=False)["input_ids"]) == rare
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from lep_plugin.calibration.copy_task import CopyTaskOptions, write_copy_task
 from lep_plugin.cli.options import options_from_model
 from lep_plugin.errors import LEPError
-from lep_plugin.io.copy_task import CopyTaskOptions, write_copy_task
 
 
 @click.group(help="Make training data: copy-instruction examples for the calibration LoRA.")

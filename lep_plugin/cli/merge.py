@@ -18,9 +18,9 @@ import click
 import pydantic
 from pydantic import Field, create_model
 
-from lep_plugin.cli.options import options_from_model, run_cli, validation_message
-from lep_plugin.errors import LEPError
-from lep_plugin.io.merge import MergeOptions
+from lep_plugin.cli.options import options_from_model, run_cli
+from lep_plugin.errors import LEPError, describe_validation_error
+from lep_plugin.propagation.options import MergeOptions
 
 YAML_SECTION = "lep_merge"
 
@@ -69,11 +69,11 @@ def merge_options(config: Path | None, flags: pydantic.BaseModel) -> MergeOption
         return MergeOptions(**values)
     except pydantic.ValidationError as err:
         where = f" in {config}" if config is not None else ""
-        raise LEPError(f"invalid settings{where}: {validation_message(err)}") from None
+        raise LEPError(f"invalid settings{where}: {describe_validation_error(err)}") from None
 
 
 def _run(config: Path | None, options: pydantic.BaseModel) -> None:
-    from lep_plugin.io.merge import run_merge
+    from lep_plugin.propagation.run import run_merge
 
     run_merge(merge_options(config, options), echo=click.echo)
 

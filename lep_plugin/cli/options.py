@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 import pydantic
 
-from lep_plugin.errors import LEPError
+from lep_plugin.errors import LEPError, describe_validation_error
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -58,7 +58,7 @@ def options_from_model(model: type[pydantic.BaseModel], exclude: tuple[str, ...]
             try:
                 options = model(**values)
             except pydantic.ValidationError as err:
-                raise click.UsageError(validation_message(err)) from None
+                raise click.UsageError(describe_validation_error(err)) from None
             return command(*args, options=options, **kwargs)
 
         for name in reversed(names):
@@ -82,16 +82,6 @@ def options_from_model(model: type[pydantic.BaseModel], exclude: tuple[str, ...]
         return wrapper
 
     return decorate
-
-
-def validation_message(err: pydantic.ValidationError) -> str:
-    """One line per problem, naming the option the way the user typed it."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def run_cli(group: click.Command, argv: list[str] | None = None) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pydantic import BaseModel, ConfigDict, Field
 
 from lep_plugin.cli.options import options_from_model
-from lep_plugin.io.vocab import VocabOptions
+from lep_plugin.vocab.options import ConvertOptions, VocabOptions
 
 
 @click.group(help="Build, import, convert and report vocabularies.")
@@ -24,7 +23,8 @@ def vocab() -> None:
 @options_from_model(VocabOptions)
 def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options: VocabOptions) -> None:
     """Train a new vocabulary on CORPUS in the style of the old tokenizer."""
-    from lep_plugin.io.vocab import build_vocabulary, read_manifest
+    from lep_plugin.common.tokenizers import read_manifest
+    from lep_plugin.vocab.build import build_vocabulary
 
     build_vocabulary(old, list(corpus), options, output, force)
     manifest = read_manifest(output)
@@ -40,8 +40,11 @@ def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options
 @click.option("--force", is_flag=True, help="replace an existing output dir")
 def import_(source: Path, output: Path, force: bool) -> None:
     """Convert a SentencePiece/Tekken tokenizer file into an HF fast tokenizer dir."""
-    from lep_plugin.io.atomic import atomic_output_dir
-    from lep_plugin.io.tokenizers import import_mistral_common_tokenizer, mistral_common_file
+    from lep_plugin.common.fs import atomic_output_dir
+    from lep_plugin.vocab.mistral import (
+        import_mistral_common_tokenizer,
+        mistral_common_file,
+    )
 
     if not source.exists() and source.parent == Path("."):
         source = mistral_common_file(source.name)
@@ -50,26 +53,17 @@ def import_(source: Path, output: Path, force: bool) -> None:
     click.echo(f"wrote {output}")
 
 
-class ConvertOptions(BaseModel):
-    """Offline conversion of a checkpoint to a new vocabulary."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    pad_to_multiple_of: int | None = Field(default=None, gt=0, description="pad the embedding rows to a multiple of M")
-    weighting: str = Field(default="mean", pattern="^(mean|position)$", description="mean | position: how pieces are averaged")
-
-
 @vocab.command("convert")
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="HF model dir (old vocabulary)")
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="model dir (old vocabulary): HF weights, or a DeepSpeed checkpoint dir")
 @click.option("--tokenizer", "new", required=True, type=click.Path(path_type=Path), help="new tokenizer dir")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="model dir to write")
 @click.option("--force", is_flag=True, help="replace an existing output dir")
 @options_from_model(ConvertOptions)
 def convert(model: Path, new: Path, output: Path, force: bool, options: ConvertOptions) -> None:
     """Write MODEL with the new vocabulary: T-initialised embedding and lm_head, streamed shard by shard."""
-    from lep_plugin.io.convert import convert_checkpoint
+    from lep_plugin.vocab.convert import convert_checkpoint
 
-    summary = convert_checkpoint(model, new, output, options.pad_to_multiple_of, options.weighting, force)
+    summary = convert_checkpoint(model, new, output, options, force)
     click.echo(summary)
 
 
@@ -82,7 +76,7 @@ def convert(model: Path, new: Path, output: Path, force: bool, options: ConvertO
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), help="also draw a bar chart (PNG)")
 def report_command(tokenizers, texts, text_field, max_chars, json_out, plot_out) -> None:
     """Characters per token, tokens per word and words split into ≥ 3 pieces, per tokenizer and text."""
-    from lep_plugin.io.vocab_report import markdown_table, plot, report, write_json
+    from lep_plugin.vocab.report import markdown_table, plot, report, write_json
 
     rows = report(list(tokenizers), list(texts), text_field, max_chars)
     click.echo(markdown_table(rows))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lep_plugin.io.corpus import iter_texts
+from lep_plugin.common.corpus import iter_texts
 
 
 def _config(tok, hidden: int, layers: int):

@@ -74,9 +74,13 @@ def _axolotl_config(work: Path, base: Path, tokenizer: Path, target: list[str], 
 def run_demo(output: Path, corpus: tuple[str, ...], vocab_size: int, echo=print, base_seconds: float = 100,
              instruct_seconds: float = 80, train_steps: int = 60, samples: int = 8) -> str:
     from lep_plugin.demo.models import train_base, train_instruct
-    from lep_plugin.io.tokenizers import import_mistral_common_tokenizer, mistral_common_file
-    from lep_plugin.io.vocab import VocabOptions, build_vocabulary
-    from lep_plugin.io.vocab_report import markdown_table, report
+    from lep_plugin.vocab.build import build_vocabulary
+    from lep_plugin.vocab.mistral import (
+        import_mistral_common_tokenizer,
+        mistral_common_file,
+    )
+    from lep_plugin.vocab.options import VocabOptions
+    from lep_plugin.vocab.report import markdown_table, report
 
     texts = corpora(corpus)
     output.mkdir(parents=True, exist_ok=True)

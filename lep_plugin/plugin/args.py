@@ -20,38 +20,42 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from lep_plugin.errors import LEPError
+from lep_plugin.errors import LEPError, describe_validation_error
+from lep_plugin.vocab.options import (
+    ConvertOptions,
+    VocabMethod,
+    VocabOptions,
+    check_keep,
+)
 
 TrainMode = Literal["embeddings", "new_rows", "off"]
 
 
-class VocabSection(BaseModel):
-    """``lep.vocab``: where the new vocabulary comes from."""
+class VocabSection(VocabOptions, ConvertOptions):
+    """``lep.vocab``: where the new vocabulary comes from – built by a method (the fields of
+    :class:`VocabOptions`) from ``corpus``, or a ready ``tokenizer`` dir – and how embeddings get it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tokenizer: str | None = Field(
         default=None, description="a ready HF tokenizer dir to use as the new vocabulary (instead of building one)"
     )
-    method: Literal["bpe", "unigram", "extend", "optimize"] | None = Field(
-        default=None,
-        description="bpe/unigram: a whole new vocabulary; extend: add target-language tokens to the old one; "
-        "optimize: keep the `keep` most used old tokens, then extend",
-    )
+    # required by VocabOptions, optional here: a ready tokenizer needs neither
+    method: VocabMethod | None = Field(default=None, description=VocabOptions.model_fields["method"].description)
+    vocab_size: int | None = Field(default=None, gt=0, description=VocabOptions.model_fields["vocab_size"].description)
     corpus: list[str] | None = Field(default=None, description="target-language .jsonl/.txt files or globs")
-    vocab_size: int | None = Field(default=None, gt=0, description="size of the trained (new) vocabulary")
-    keep: int | None = Field(default=None, gt=0, description="optimize: how many old tokens to keep")
-    text_field: str = Field(default="text", description="field of the .jsonl records holding the text")
-    min_frequency: int = Field(default=2, ge=1, description="least corpus frequency of a new merge")
-    max_chars: int | None = Field(default=None, gt=0, description="read at most this many corpus characters")
     cache_dir: str | None = Field(
         default=None,
         description="where built vocabularies are kept (default: beside Axolotl's dataset_prepared_path)",
-    )
-    weighting: Literal["mean", "position"] = Field(
-        default="mean", description="how a new token's row averages the rows of its old pieces"
     )
 
     @field_validator("corpus", mode="before")
@@ -60,7 +64,7 @@ class VocabSection(BaseModel):
         return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _source_is_clear(self):
+    def _keep_only_for_optimize(self):  # replaces VocabOptions' check: which source first, then `keep:`
         build_keys = ("method", "corpus", "vocab_size", "keep", "max_chars")
         if self.tokenizer is not None:
             extra = [k for k in build_keys if getattr(self, k) is not None]
@@ -76,24 +80,15 @@ class VocabSection(BaseModel):
             raise ValueError(f"method {self.method!r} needs `corpus:` (target-language .jsonl files or globs)")
         if self.vocab_size is None:
             raise ValueError(f"method {self.method!r} needs `vocab_size:`")
-        if self.method == "optimize" and self.keep is None:
-            raise ValueError("method 'optimize' needs `keep:` (how many old tokens to keep)")
-        if self.method != "optimize" and self.keep is not None:
-            raise ValueError(f"`keep:` is only used by method 'optimize', not {self.method!r}")
+        check_keep(self.method, self.keep, key="`keep:`")
         return self
 
-    def build_options(self):
+    def build_options(self) -> VocabOptions:
         """The vocabulary library's options (only for a built vocabulary)."""
-        from lep_plugin.io.vocab import VocabOptions
+        return VocabOptions(**self.model_dump(include=set(VocabOptions.model_fields)))
 
-        return VocabOptions(
-            method=self.method,
-            vocab_size=self.vocab_size,
-            keep=self.keep,
-            text_field=self.text_field,
-            min_frequency=self.min_frequency,
-            max_chars=self.max_chars,
-        )
+    def convert_options(self) -> ConvertOptions:
+        return ConvertOptions(**self.model_dump(include=set(ConvertOptions.model_fields)))
 
 
 class LEPConfig(BaseModel):
@@ -179,20 +174,8 @@ def parse_lep_block(data: dict[str, Any]) -> LEPConfig | None:
         try:
             config = LEPConfig.model_validate(dict(raw) if isinstance(raw, dict) else raw)
         except ValidationError as err:
-            raise LEPError(f"invalid `lep:` block: {format_validation_error(err)}") from None
+            raise LEPError(f"invalid `lep:` block: {describe_validation_error(err, 'lep')}") from None
     conflicts = yaml_conflicts(data)
     if conflicts:
         raise LEPError(conflicts[0])
     return config
-
-
-def format_validation_error(err: ValidationError, prefix: str = "lep") -> str:
-    """``lep.vocab.methd: extra key not allowed; ...`` – the YAML path of each problem and what is wrong."""
-    parts = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *item["loc"]))
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (a typo?)"
-        parts.append(f"{loc}: {message}")
-    return "; ".join(parts)

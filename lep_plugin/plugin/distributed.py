@@ -1,4 +1,4 @@
-"""Process-group helpers for the plugin: ranks before Axolotl sets anything up, and gloo for DeepSpeed on CPU.
+"""Process-group setup for the plugin on machines without CUDA: gloo for DeepSpeed, CPU device maps.
 
 DeepSpeed on a machine without CUDA: Axolotl's ``prepare_optim_env`` (run right after config validation)
 calls ``deepspeed.comm.init_distributed(dist_backend="nccl")`` for single-process runs, and accelerate's
@@ -12,29 +12,8 @@ from __future__ import annotations
 
 import os
 import socket
+
 import torch
-
-
-def rank() -> int:
-    """Global rank, from the process group if there is one, else from the launcher's environment."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-def world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _free_port() -> int:

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 from transformers import TrainerCallback
 
-from lep_plugin.io.evaluate import EvalSettings, evaluate_model, flat_metrics, load_tasks
+from lep_plugin.common.fs import write_text_atomic
+from lep_plugin.evaluation.evaluate import (
+    EvalSettings,
+    evaluate_model,
+    flat_metrics,
+    load_tasks,
+)
 
 HISTORY_FILE = "lep_eval_history.json"
 LOG_PREFIX = "lep_eval/"
@@ -95,10 +100,7 @@ class LEPEvalCallback(TrainerCallback):
             # A resumed run re-evaluates steps after its checkpoint: keep one entry per step.
             history = [h for h in history if isinstance(h, dict) and h.get("step", -1) < entry["step"]]
         history.append(entry)
-        fd, tmp = tempfile.mkstemp(prefix=f".{HISTORY_FILE}.tmp-", dir=self.output_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(history, fh, indent=2, ensure_ascii=False, allow_nan=True)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(history, indent=2, ensure_ascii=False, allow_nan=True))
 
 
 def build_eval_callback(

@@ -11,19 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lep_plugin.checkpoints.model_config import embedding_parameters
 from lep_plugin.errors import LEPError
 
 _MASK_ATTR = "_lep_row_mask_hook"
-
-
-def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The input embedding matrix and, if untied, the output (lm_head) matrix."""
-    embed_in = model.get_input_embeddings()
-    embed_out = model.get_output_embeddings()
-    params = [embed_in.weight]
-    if embed_out is not None and embed_out.weight is not embed_in.weight:
-        params.append(embed_out.weight)
-    return params
 
 
 def freeze_all_but_embeddings(model: nn.Module) -> list[str]:

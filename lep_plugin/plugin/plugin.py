@@ -33,9 +33,12 @@ from pathlib import Path
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
+from lep_plugin.common.distributed import gathered, is_main, rank
+from lep_plugin.common.tokenizers import MANIFEST
 from lep_plugin.plugin.args import LEPConfig, parse_lep_block
-from lep_plugin.plugin.distributed import cpu_device_map, init_gloo_for_cpu_deepspeed, is_main, rank
-from lep_plugin.plugin.vocabulary import MANIFEST, VocabPlan, plan_vocabulary
+from lep_plugin.plugin.distributed import cpu_device_map, init_gloo_for_cpu_deepspeed
+from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
+
 
 def _log(message: str) -> None:
     # Axolotl reconfigures logging per module; print keeps the plugin's decisions visible in every rank.
@@ -73,8 +76,7 @@ class RunInfoCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        from lep_plugin.plugin.embeddings import gathered
-        from lep_plugin.plugin.freezing import embedding_parameters
+        from lep_plugin.checkpoints.model_config import embedding_parameters
 
         if model is not None:
             params = embedding_parameters(_unwrap(model))
@@ -88,14 +90,13 @@ def eval_options(options: dict):
     """``lep.eval`` validated by the evaluation callback's own model (errors name the key)."""
     from pydantic import ValidationError
 
-    from lep_plugin.errors import LEPError
-    from lep_plugin.plugin.args import format_validation_error
+    from lep_plugin.errors import LEPError, describe_validation_error
     from lep_plugin.plugin.eval_callback import EvalCallbackOptions
 
     try:
         return EvalCallbackOptions.model_validate(options)
     except ValidationError as err:
-        raise LEPError(f"invalid `lep.eval:` block: {format_validation_error(err, 'lep.eval')}") from None
+        raise LEPError(f"invalid `lep.eval:` block: {describe_validation_error(err, 'lep.eval')}") from None
 
 
 class LEPPlugin(BasePlugin):
@@ -144,13 +145,15 @@ class LEPPlugin(BasePlugin):
             return
         if getattr(model, "_lep_vocab", None) == self.plan.fingerprint:
             return
-        from lep_plugin.io.tokenizers import load_tokenizer
-        from lep_plugin.plugin.embeddings import convert_model_embeddings
+        from lep_plugin.common.tokenizers import load_tokenizer
+        from lep_plugin.vocab.convert import convert_embeddings
 
         new_tok = load_tokenizer(self.plan.new_tokenizer)
         old_tok = load_tokenizer(self.plan.old_tokenizer)
-        multiple = 32 if cfg.get("resize_token_embeddings_to_32x") else None
-        rows = convert_model_embeddings(model, new_tok, old_tok, multiple, self.config.vocab.weighting)
+        options = self.config.vocab.convert_options()
+        if options.pad_to_multiple_of is None and cfg.get("resize_token_embeddings_to_32x"):
+            options = options.model_copy(update={"pad_to_multiple_of": 32})
+        rows = convert_embeddings(model, new_tok, old_tok, options)
         model._lep_vocab = self.plan.fingerprint
         _log(f"embeddings converted to the new vocabulary: {len(old_tok)} -> {len(new_tok)} tokens, {rows} rows")
 
@@ -187,13 +190,17 @@ class LEPPlugin(BasePlugin):
     def _freeze(self, model) -> None:
         if self.config is None or self.config.train == "off":
             return
-        from lep_plugin.plugin.freezing import freeze_all_but_embeddings, mask_old_rows, new_token_rows
+        from lep_plugin.plugin.freezing import (
+            freeze_all_but_embeddings,
+            mask_old_rows,
+            new_token_rows,
+        )
 
         model = _unwrap(model)
         names = freeze_all_but_embeddings(model)
         if self.config.train == "new_rows":
-            from lep_plugin.io.tokenizers import load_tokenizer
-            from lep_plugin.plugin.embeddings import full_rows
+            from lep_plugin.common.distributed import full_rows
+            from lep_plugin.common.tokenizers import load_tokenizer
 
             rows = full_rows(model.get_input_embeddings().weight)
             mask = new_token_rows(load_tokenizer(self.plan.new_tokenizer), load_tokenizer(self.plan.old_tokenizer), rows)

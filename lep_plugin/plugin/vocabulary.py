@@ -8,7 +8,6 @@ file lock: the first process builds, the others wait on the lock and then find t
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -18,14 +17,18 @@ from typing import Any
 
 from filelock import FileLock
 
+from lep_plugin.common.distributed import rank
+from lep_plugin.common.fs import atomic_output_dir, write_json
+from lep_plugin.common.tokenizers import (
+    MANIFEST,
+    fingerprint_tokenizer,
+    load_tokenizer,
+    read_manifest,
+)
 from lep_plugin.errors import LEPError
-from lep_plugin.io.atomic import atomic_output_dir
-from lep_plugin.io.tokenizers import fingerprint_tokenizer, load_tokenizer
 from lep_plugin.plugin.args import VocabSection
-from lep_plugin.plugin.distributed import rank
 
 LOG = logging.getLogger("lep_plugin")
-MANIFEST = "lep_vocab.json"
 CACHE_PREFIX = "lep-vocab-"
 
 
@@ -70,16 +73,6 @@ def _local_dir(source: str) -> Path:
         return Path(snapshot_download(source, allow_patterns=["tokenizer*", "special_tokens_map.json", "*.jinja"]))
     except Exception as err:  # hub errors have many types
         raise LEPError(f"cannot get the tokenizer of {source!r}: {err}") from err
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise LEPError(f"{path} is not a readable LEP manifest: {err}") from err
 
 
 def read_manifest_if_dir(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -152,11 +145,11 @@ def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
         def build(output: Path) -> None:
             with atomic_output_dir(output) as tmp:
                 shutil.copytree(ready, tmp, dirs_exist_ok=True)
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                write_json(tmp / MANIFEST, manifest)
 
     else:
-        from lep_plugin.io.corpus import expand_corpus, fingerprint_files
-        from lep_plugin.io.vocab import build_vocabulary
+        from lep_plugin.common.corpus import expand_corpus, fingerprint_files
+        from lep_plugin.vocab.build import build_vocabulary
 
         options = section.build_options()
         files = expand_corpus(section.corpus or [])

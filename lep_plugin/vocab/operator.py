@@ -1,4 +1,4 @@
-"""The vocabulary operator T between two tokenizers, and embedding conversion of an in-memory model.
+"""The vocabulary operator T between two tokenizers (LEP step 2; arXiv:2412.21140, §3.2).
 
 T is built from the tokenizers alone (``lep_plugin.math.operator`` does the tensor work): each new token
 is split into old tokens by running the *old model* (BPE/Unigram) on the new token's raw piece string.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from lep_plugin.common.tokenizers import tokenizer_json, tokenizer_style
 from lep_plugin.errors import LEPError
-from lep_plugin.io.tokenizers import tokenizer_json, tokenizer_style
-from lep_plugin.math.operator import Weighting, apply_operator, build_operator
+from lep_plugin.math.operator import Weighting, build_operator
 
 
 def token_pieces(new_tok, old_tok) -> list[list[int]]:
@@ -56,36 +56,3 @@ def vocabulary_operator(
 
 def padded_size(size: int, multiple: int | None) -> int:
     return size if not multiple else -(-size // multiple) * multiple
-
-
-def convert_embeddings(model, new_tok, old_tok, pad_to_multiple_of: int | None = None, weighting: Weighting = "mean") -> torch.Tensor:
-    """Give an in-memory HF model the new vocabulary: T-initialised input and output embeddings
-    (separately, or once if tied), resized, config ids updated. Returns T."""
-    embed_in = model.get_input_embeddings()
-    embed_out = model.get_output_embeddings()
-    tied = embed_out is not None and embed_out.weight is embed_in.weight
-    rows = padded_size(len(new_tok), pad_to_multiple_of)
-    operator = vocabulary_operator(new_tok, old_tok, weighting, rows, embed_in.weight.shape[0])
-    with torch.no_grad():
-        new_in = apply_operator(operator, embed_in.weight.detach())
-        new_out = None if tied or embed_out is None else apply_operator(operator, embed_out.weight.detach())
-        model.resize_token_embeddings(rows, mean_resizing=False)
-        model.get_input_embeddings().weight.copy_(new_in)
-        if new_out is not None:
-            model.get_output_embeddings().weight.copy_(new_out)
-    update_config_ids(model.config, new_tok, rows)
-    if getattr(model, "generation_config", None) is not None:
-        update_config_ids(model.generation_config, new_tok, None)
-    return operator
-
-
-def update_config_ids(config, tok, vocab_size: int | None) -> None:
-    """vocab_size and bos/eos/pad ids of a model or generation config, from the tokenizer."""
-    if vocab_size is not None:
-        config.vocab_size = vocab_size
-        if hasattr(config, "get_text_config"):
-            config.get_text_config().vocab_size = vocab_size
-    for name in ("bos", "eos", "pad"):
-        token_id = getattr(tok, f"{name}_token_id", None)
-        if token_id is not None or hasattr(config, f"{name}_token_id"):
-            setattr(config, f"{name}_token_id", token_id)

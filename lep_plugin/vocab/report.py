@@ -9,8 +9,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lep_plugin.io.corpus import expand_corpus, iter_texts
-from lep_plugin.io.tokenizers import load_tokenizer, tokenizer_json, tokenizer_style
+from lep_plugin.common.corpus import expand_corpus, iter_texts
+from lep_plugin.common.fs import write_text_atomic
+from lep_plugin.common.plots import pyplot, save_figure
+from lep_plugin.common.tokenizers import (
+    load_tokenizer,
+    token_counts,
+    tokenizer_json,
+    tokenizer_style,
+)
 
 
 @dataclass(frozen=True)
@@ -27,39 +34,29 @@ class TokenizationStats:
 
 
 def tokenization_stats(tok, name: str, text_file: Path, text_field: str = "text", max_chars: int | None = None) -> TokenizationStats:
-    backend = tok.backend_tokenizer
-    characters = tokens = 0
     words: Counter[str] = Counter()
-    batch: list[str] = []
 
-    def flush():
-        nonlocal tokens
-        tokens += sum(len(e.ids) for e in backend.encode_batch(batch, add_special_tokens=False))
-        batch.clear()
+    def texts():
+        for text in iter_texts([text_file], text_field, max_chars):
+            words.update(text.split())
+            yield text
 
-    for text in iter_texts([text_file], text_field, max_chars):
-        characters += len(text)
-        words.update(text.split())
-        batch.append(text)
-        if len(batch) >= 128:
-            flush()
-    flush()
+    counts = token_counts(tok, texts())
     # a word as it appears inside running text: after a space (SentencePiece adds its ▁ by itself)
     prefix = " " if tokenizer_style(tokenizer_json(tok)) == "byte_level" else ""
     distinct = list(words)
-    pieces = [len(e.ids) for e in backend.encode_batch([prefix + w for w in distinct], add_special_tokens=False)]
-    total_words = sum(words.values())
+    pieces = [len(e.ids) for e in tok.backend_tokenizer.encode_batch([prefix + w for w in distinct], add_special_tokens=False)]
     split3 = sum(words[w] for w, n in zip(distinct, pieces) if n >= 3)
     return TokenizationStats(
         tokenizer=name,
         text=str(text_file),
         vocab_size=len(tok),
-        characters=characters,
-        words=total_words,
-        tokens=tokens,
-        chars_per_token=characters / max(tokens, 1),
-        tokens_per_word=tokens / max(total_words, 1),
-        split_words_3plus=split3 / max(total_words, 1),
+        characters=counts.characters,
+        words=counts.words,
+        tokens=counts.tokens,
+        chars_per_token=counts.chars_per_token,
+        tokens_per_word=counts.tokens_per_word,
+        split_words_3plus=split3 / max(counts.words, 1),
     )
 
 
@@ -86,16 +83,12 @@ def markdown_table(rows: list[TokenizationStats]) -> str:
 
 
 def write_json(rows: list[TokenizationStats], path: Path) -> None:
-    path.write_text(json.dumps([asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps([asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n")
 
 
-def plot(rows: list[TokenizationStats], path: Path) -> None:
+def report_figure(rows: list[TokenizationStats]):
     """Grouped bar chart of characters per token: one group per text file, one bar per tokenizer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     texts = list(dict.fromkeys(r.text for r in rows))
     names = list(dict.fromkeys(r.tokenizer for r in rows))
     width = 0.8 / len(names)
@@ -107,5 +100,8 @@ def plot(rows: list[TokenizationStats], path: Path) -> None:
     ax.set_ylabel("characters per token")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot(rows: list[TokenizationStats], path: Path) -> None:
+    save_figure(report_figure(rows), path, dpi=100)

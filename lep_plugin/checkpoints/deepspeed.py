@@ -15,14 +15,13 @@ so no other object can be built from the file.
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from lep_plugin.checkpoints.base import Checkpoint, load_weights_only
 from lep_plugin.errors import LEPError
-from lep_plugin.io.checkpoints import Checkpoint
 
 
 def _safe_globals() -> list:
@@ -35,17 +34,7 @@ def _safe_globals() -> list:
 
 
 def safe_load(path: Path) -> dict:
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
-        raise LEPError(f"{path} holds objects other than DeepSpeed's checkpoint types (refusing to unpickle it): {first}") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise LEPError(f"{path} is corrupt or truncated: {str(err).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise LEPError(f"{path} is not a DeepSpeed checkpoint file")
-    return state
+    return load_weights_only(path, "a DeepSpeed checkpoint file", _safe_globals())
 
 
 def _natural(path: Path) -> list:
@@ -68,6 +57,10 @@ def _slice(chunks: list[torch.Tensor], start: int, stop: int) -> list[torch.Tens
 
 class DeepSpeedCheckpoint(Checkpoint):
     kind = "deepspeed"
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return (Path(path) / "latest").is_file() or any(p.is_dir() for p in Path(path).glob("global_step*"))
 
     def __init__(self, path: Path, tag: str | None = None):
         from deepspeed.checkpoint import constants as C
@@ -137,6 +130,9 @@ class DeepSpeedCheckpoint(Checkpoint):
 
     def names(self) -> list[str]:
         return list(self._shape)
+
+    def stored_names(self) -> list[str]:
+        return [n for n in self._shape if n not in self.shared]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shape[name]

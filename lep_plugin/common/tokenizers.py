@@ -1,4 +1,4 @@
-"""Loading, inspecting, importing and saving HF fast tokenizers.
+"""Loading, inspecting and saving HF fast tokenizers, and the ``lep_vocab.json`` manifest of a new vocabulary.
 
 A tokenizer's pipeline (normalizer, pre-tokenizer, decoder, post-processor) is handled as the
 ``tokenizer.json`` dict that the ``tokenizers`` library reads and writes, so a new vocabulary can be
@@ -10,24 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lep_plugin.common.text import count_words
 from lep_plugin.errors import LEPError
 
 Style = Literal["sentencepiece", "byte_level"]
 
-# Mistral-style chat template used when an imported tokenizer has none (mistral-common's own templates
-# are not exported to HF format by every version).
-MISTRAL_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-    "{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
-)
-
+# Written beside every tokenizer the package builds, and into every model trained or merged with one:
+# how the vocabulary was made (method, sizes, corpus and old-tokenizer fingerprints).
+MANIFEST = "lep_vocab.json"
 
 def load_tokenizer(path: str | os.PathLike):
     """An HF fast tokenizer from a tokenizer or model dir; a clear error if there is none."""
@@ -123,57 +118,51 @@ def save_tokenizer_dir(
         (output / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def set_bos_template(spec: dict[str, Any], bos: str, bos_id: int) -> None:
-    """Make the post-processor insert ``bos`` (keeping a byte-level offsets step if present)."""
-    template = {
-        "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [
-            {"SpecialToken": {"id": bos, "type_id": 0}},
-            {"Sequence": {"id": "A", "type_id": 0}},
-            {"SpecialToken": {"id": bos, "type_id": 1}},
-            {"Sequence": {"id": "B", "type_id": 1}},
-        ],
-        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-    }
-    current = spec.get("post_processor")
-    if current and current.get("type") == "ByteLevel":
-        spec["post_processor"] = {"type": "Sequence", "processors": [current, template]}
-    else:
-        spec["post_processor"] = template
-
-
-def import_mistral_common_tokenizer(source: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Convert a tokenizer file as shipped by ``mistral-common`` (SentencePiece ``.model`` or Tekken
-    ``.json``) into an HF fast tokenizer dir that adds BOS and has a Mistral chat template."""
-    from transformers import AutoTokenizer, LlamaTokenizer
-
-    source, output = Path(source), Path(output)
-    if not source.is_file():
-        raise LEPError(f"tokenizer file {source} does not exist")
-    with tempfile.TemporaryDirectory() as tmp:
-        if source.suffix == ".json":
-            from transformers.integrations.mistral import convert_tekken_tokenizer
-
-            tok = convert_tekken_tokenizer(str(source))
-        else:
-            shutil.copy(source, Path(tmp) / "tokenizer.model")
-            tok = LlamaTokenizer.from_pretrained(tmp, legacy=False)
-        tok.save_pretrained(tmp)
-        tok = AutoTokenizer.from_pretrained(tmp)
-        spec = tokenizer_json(tok)
-        set_bos_template(spec, tok.bos_token, tok.bos_token_id)
-        tok.chat_template = tok.chat_template or MISTRAL_CHAT_TEMPLATE
-        output.mkdir(parents=True, exist_ok=True)
-        save_tokenizer_dir(spec, tok, output)
-    return output
-
-
-def mistral_common_file(name: str) -> Path:
-    """Path of a tokenizer file shipped inside the ``mistral-common`` package."""
-    import importlib.resources
-
-    path = Path(str(importlib.resources.files("mistral_common"))) / "data" / name
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``lep_vocab.json`` of a tokenizer or model dir, or None if it has none."""
+    path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise LEPError(f"mistral-common does not ship {name}")
-    return path
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise LEPError(f"{path} is not a readable LEP manifest: {err}") from None
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Characters, whitespace words and tokens (no special tokens) of some texts."""
+
+    characters: int
+    words: int
+    tokens: int
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.characters / max(self.tokens, 1)
+
+    @property
+    def tokens_per_word(self) -> float:
+        return self.tokens / max(self.words, 1)
+
+
+def token_counts(tok, texts: Iterable[str], batch_size: int = 128) -> TokenCounts:
+    """The one way texts are counted for characters per token and tokens per word (streamed in batches)."""
+    backend = tok.backend_tokenizer
+    characters = words = tokens = 0
+    batch: list[str] = []
+
+    def flush() -> None:
+        nonlocal tokens
+        tokens += sum(len(e.ids) for e in backend.encode_batch(batch, add_special_tokens=False))
+        batch.clear()
+
+    for text in texts:
+        characters += len(text)
+        words += count_words(text)
+        batch.append(text)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return TokenCounts(characters, words, tokens)

@@ -7,14 +7,19 @@ always asked to copy exactly the same sentences and paragraphs.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lep_plugin.common.corpus import iter_texts
+from lep_plugin.common.text import (
+    count_words,
+    normalise_space,
+    paragraphs,
+    split_sentences,
+)
 from lep_plugin.errors import LEPError
-from lep_plugin.io.corpus import iter_texts
 
 PromptStyle = Literal["auto", "base", "chat"]
 Kind = Literal["sentence", "paragraph"]
@@ -23,10 +28,6 @@ Kind = Literal["sentence", "paragraph"]
 # and the original Darumeru tasks also use a fixed instruction.
 CHAT_INSTRUCTION = "Repeat the following text exactly, without any changes. Answer with the text only."
 BASE_HEADER = "Repeat each text exactly."
-
-# A sentence ends at . ! ? or … followed by whitespace (quotes/brackets closing the sentence stay with it).
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][»\"')\]])\s+")
-
 
 @dataclass(frozen=True)
 class CopyTasks:
@@ -49,42 +50,33 @@ def text_labels(paths: Sequence[Path]) -> list[str]:
     return labels
 
 
-def normalise_space(text: str) -> str:
-    return " ".join(text.split())
-
-
-def split_paragraphs(document: str, min_chars: int, max_chars: int) -> list[str]:
+def paragraph_samples(document: str, min_chars: int, max_chars: int) -> list[str]:
     """Single-line paragraphs of ``min_chars``..``max_chars`` characters.
 
-    Lines of a document are paragraphs; consecutive short lines (verse, dialogue) are joined with a space
-    until the block is long enough. Whitespace is normalised so a paragraph never contains a newline (the
-    base-model prompt ends a copy at the first newline).
+    Consecutive short paragraphs (verse, dialogue) are joined with a space until the block is long
+    enough. Whitespace is normalised so a sample never contains a newline (the base-model prompt ends a
+    copy at the first newline).
     """
     out: list[str] = []
     block: list[str] = []
     size = 0
-    for line in document.split("\n"):
-        line = normalise_space(line)
-        if not line:
-            continue
-        block.append(line)
-        size += len(line) + 1
+    for paragraph in paragraphs(document):
+        paragraph = normalise_space(paragraph)
+        block.append(paragraph)
+        size += len(paragraph) + 1
         if size - 1 >= min_chars:
-            paragraph = " ".join(block)
-            if len(paragraph) <= max_chars:
-                out.append(paragraph)
+            joined = " ".join(block)
+            if len(joined) <= max_chars:
+                out.append(joined)
             block, size = [], 0
     return out
 
 
-def split_sentences(paragraph: str, min_chars: int, max_chars: int, min_words: int = 3) -> list[str]:
+def sentence_samples(paragraph: str, min_chars: int, max_chars: int, min_words: int = 3) -> list[str]:
     """Sentences of a (single-line) paragraph within the length bounds."""
-    sentences = []
-    for sentence in _SENTENCE_END.split(paragraph):
-        sentence = sentence.strip()
-        if min_chars <= len(sentence) <= max_chars and len(sentence.split()) >= min_words:
-            sentences.append(sentence)
-    return sentences
+    return [
+        s for s in split_sentences(paragraph) if min_chars <= len(s) <= max_chars and count_words(s) >= min_words
+    ]
 
 
 def load_copy_tasks(
@@ -113,7 +105,7 @@ def load_copy_tasks(
         raise LEPError(f"held-out text file {path} is empty")
     if samples < 1:
         raise LEPError("samples must be at least 1")
-    paragraphs: dict[str, None] = {}
+    candidates: dict[str, None] = {}
     sentences: dict[str, None] = {}
     heldout: list[str] = []
     seen = 0
@@ -121,13 +113,13 @@ def load_copy_tasks(
         if seen < bpc_chars:
             heldout.append(document[: bpc_chars - seen])
             seen += len(heldout[-1])
-        for paragraph in split_paragraphs(document, *paragraph_chars):
-            paragraphs.setdefault(paragraph)
-            for sentence in split_sentences(paragraph, *sentence_chars):
+        for paragraph in paragraph_samples(document, *paragraph_chars):
+            candidates.setdefault(paragraph)
+            for sentence in sentence_samples(paragraph, *sentence_chars):
                 sentences.setdefault(sentence)
     if not heldout:
         raise LEPError(f"held-out text file {path} contains no text")
-    if not sentences or not paragraphs:
+    if not sentences or not candidates:
         what = "sentences" if not sentences else "paragraphs"
         raise LEPError(
             f"held-out text file {path} has no {what} of usable length "
@@ -136,7 +128,7 @@ def load_copy_tasks(
     rng = random.Random(seed)
     sentence_pool = list(sentences)
     picked_sentences = rng.sample(sentence_pool, min(samples, len(sentence_pool)))
-    picked_paragraphs = rng.sample(list(paragraphs), min(samples, len(paragraphs)))
+    picked_paragraphs = rng.sample(list(candidates), min(samples, len(candidates)))
     chosen = set(picked_sentences)
     rest = [s for s in sentence_pool if s not in chosen] or sentence_pool
     picked_shots = rng.sample(rest, min(shots, len(rest)))

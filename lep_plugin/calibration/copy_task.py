@@ -1,4 +1,4 @@
-"""Copy-instruction examples for the calibration step (METHOD.md, step 5).
+"""Copy-instruction examples for the calibration step (the optional LoRA of arXiv:2412.21140, §4).
 
 Each example is one Axolotl chat-format record::
 
@@ -9,32 +9,26 @@ where ``<text>`` is one *unit* of a source corpus, a sentence or a paragraph, co
 the request is phrased in the unit's language (Russian or English) in one of several wordings picked
 by a seeded random generator, so the same inputs and seed always give the same file.
 
-Units never cross a line break: a paragraph is one ``\\n``-separated line of a document (the convention of
-the ``.jsonl`` corpora, whose ``text`` joins whole paragraphs with ``\\n``; in a ``.txt`` file it is a line),
-and sentences are cut inside a paragraph by :func:`split_sentences`.
-
-The pure part (:func:`split_sentences`, :func:`text_units`, :func:`detect_language`,
-:func:`copy_example`, :func:`build_copy_examples`) works on strings; :func:`write_copy_task` reads the
-files and writes the output atomically.
+Units never cross a line break: paragraphs and sentences are those of :mod:`lep_plugin.common.text`.
+The pure part (:func:`copy_example`, :func:`build_copy_examples`) works on strings;
+:func:`write_copy_task` reads the files and writes the output atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
-import re
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lep_plugin.common.corpus import expand_corpus, iter_texts
+from lep_plugin.common.fs import check_no_overlap, check_output_file, write_jsonl_atomic
+from lep_plugin.common.text import Unit, detect_language, text_units
 from lep_plugin.errors import LEPError
-from lep_plugin.io.corpus import expand_corpus, iter_texts
 
 LANGUAGES = ("ru", "en")
 
@@ -73,7 +67,7 @@ class CopyTaskOptions(BaseModel):
         None, ge=1, description="Number of examples (sampled without replacement); all units if not given."
     )
     seed: int = Field(0, description="Seed for sampling, order and wording; same inputs + seed = same file.")
-    unit: Literal["sentence", "paragraph"] = Field("sentence", description="What one example copies.")
+    unit: Unit = Field("sentence", description="What one example copies.")
     language_prompts: tuple[str, ...] = Field(
         ",".join(LANGUAGES),
         validate_default=True,
@@ -112,81 +106,7 @@ class CopyTaskOptions(BaseModel):
         return value
 
 
-# --- sentence splitting ----------------------------------------------------------------------------
-
-# A candidate boundary: end punctuation (".", "!", "?", "…", runs like "?!" or "..."), optional closing
-# quotes/brackets, whitespace, and then something that starts a sentence: a capital letter or digit
-# (perhaps after an opening quote or bracket), or a dialogue dash followed by one. Requiring a capital
-# keeps "т. е. так" and "— Куда? — спросил он." (lower-case after the dash) in one sentence.
-_BOUNDARY = re.compile(
-    r"""[.!?…]+[»"”’)\]]*"""
-    r"""(?P<gap>\s+)"""
-    r"""(?=[«"“„'(\[]?[A-ZА-ЯЁ0-9]|[-–—]\s*[«"“„]?[A-ZА-ЯЁ0-9])"""
-)
-# Words after which a full stop does not end a sentence (compared lower-cased, without the dot).
-_ABBREVIATIONS = frozenset(
-    """mr mrs ms dr prof st jr sr vs etc e.g i.e fig vol pp
-    г гг тт см ср стр им ул проф акад доц рис напр""".split()
-)
-
-
-def split_sentences(paragraph: str) -> list[str]:
-    """Sentences of one paragraph (no ``\\n`` expected), each an exact substring, outer spaces stripped.
-
-    Deterministic regex rules, good enough for Russian and English prose: a sentence ends at ``.``,
-    ``!``, ``?`` or ``…`` (plus closing quotes) when the next non-space character starts a new
-    sentence (see ``_BOUNDARY``); not after a known abbreviation (``Mr.``, ``г.``, ``см.``) or a single
-    capital letter (initials such as ``А. С. Пушкин``).
-    """
-    sentences: list[str] = []
-    start = 0
-    for match in _BOUNDARY.finditer(paragraph):
-        end = match.start("gap")
-        if match.group(0).startswith(".") and _no_break_before(paragraph[start : match.start()]):
-            continue
-        piece = paragraph[start:end].strip()
-        if piece:
-            sentences.append(piece)
-        start = match.end()
-    tail = paragraph[start:].strip()
-    if tail:
-        sentences.append(tail)
-    return sentences
-
-
-def _no_break_before(head: str) -> bool:
-    """True when the word ending ``head`` (just before a ".") is an abbreviation or an initial."""
-    word = re.search(r"(\w[\w.]*)$", head)
-    if word is None:
-        return False
-    token = word.group(1)
-    if len(token) == 1 and token.isupper():
-        return True
-    return token.lower() in _ABBREVIATIONS
-
-
-def text_units(text: str, unit: Literal["sentence", "paragraph"]) -> Iterator[str]:
-    """Paragraphs (``\\n``-separated lines, stripped) or sentences of ``text``, in order."""
-    for line in text.split("\n"):
-        paragraph = line.strip()
-        if not paragraph:
-            continue
-        if unit == "paragraph":
-            yield paragraph
-        else:
-            yield from split_sentences(paragraph)
-
-
 # --- examples --------------------------------------------------------------------------------------
-
-_CYRILLIC = re.compile(r"[\u0400-\u04FF]")
-_LATIN = re.compile(r"[A-Za-z]")
-
-
-def detect_language(text: str) -> str:
-    """"ru" when Cyrillic letters outnumber Latin ones, else "en"."""
-    return "ru" if len(_CYRILLIC.findall(text)) > len(_LATIN.findall(text)) else "en"
-
 
 def copy_example(text: str, prompt: str) -> dict:
     """One chat record: ``prompt`` (with ``{text}``) as the user turn, ``text`` verbatim as the answer."""
@@ -247,35 +167,6 @@ def build_copy_examples(texts: Iterable[str], options: CopyTaskOptions) -> tuple
 # --- files -----------------------------------------------------------------------------------------
 
 
-def write_jsonl_atomic(records: Iterable[dict], output: Path, force: bool = False) -> int:
-    """Write ``records`` as JSON lines to a temp file beside ``output``, then rename it into place."""
-    output = Path(output)
-    _check_output_file(output, force)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.tmp-", dir=output.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, output)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return count
-
-
-def _check_output_file(output: Path, force: bool) -> None:
-    if output.is_dir():
-        raise LEPError(f"output {output} is a directory")
-    if output.exists() and not force:
-        raise LEPError(f"output {output} already exists (use --force to replace it)")
-    if not output.parent.is_dir():
-        raise LEPError(f"parent directory of output {output} does not exist")
-
-
 def write_copy_task(
     text_files: Iterable[str | os.PathLike], output: Path, options: CopyTaskOptions, force: bool = False
 ) -> dict[str, int]:
@@ -283,12 +174,9 @@ def write_copy_task(
     examples to ``output`` atomically. Returns counts: examples, candidates, and examples per language."""
     output = Path(output)
     # All checks before any reading, so a bad call fails at once and writes nothing.
-    _check_output_file(output, force)
+    check_output_file(output, force)
     files = expand_corpus(text_files)
-    out_real = output.resolve()
-    for path in files:
-        if path.resolve() == out_real:
-            raise LEPError(f"output {output} is also an input file; choose another output")
+    check_no_overlap(output, [("text", path) for path in files])
     examples, candidates = build_copy_examples(iter_texts(files, options.text_field), options)
     written = write_jsonl_atomic(examples, output, force=force)
     languages = Counter(detect_language(e["messages"][1]["content"]) for e in examples)

@@ -1,6 +1,6 @@
-"""Building a new vocabulary in the style of an old tokenizer (LEP step 1).
+"""Building a new vocabulary in the style of an old tokenizer (LEP step 1; arXiv:2412.21140, §3.1).
 
-Four methods (``../shared/METHOD.md``):
+Four methods, one builder each (:data:`BUILDERS`):
 
 * ``bpe`` / ``unigram`` – a whole new vocabulary trained on the corpus;
 * ``extend``   – train a target-language BPE, append the tokens the old vocabulary lacks, new merges
@@ -18,18 +18,22 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterable
+from importlib.metadata import version
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lep_plugin import __version__
-from lep_plugin.errors import LEPError
-from lep_plugin.io.atomic import atomic_output_dir, check_output_dir
-from lep_plugin.io.corpus import check_corpus, expand_corpus, fingerprint_files, iter_texts
-from lep_plugin.io.tokenizers import (
+from lep_plugin.common.corpus import (
+    check_corpus,
+    expand_corpus,
+    fingerprint_files,
+    iter_texts,
+)
+from lep_plugin.common.fs import atomic_output_dir, check_no_overlap, check_output_dir
+from lep_plugin.common.tokenizers import (
+    MANIFEST,
     Style,
     fingerprint_tokenizer,
     load_tokenizer,
@@ -37,41 +41,15 @@ from lep_plugin.io.tokenizers import (
     tokenizer_json,
     tokenizer_style,
 )
+from lep_plugin.errors import LEPError
+from lep_plugin.vocab.options import VocabOptions
 
-MANIFEST = "lep_vocab.json"
+Texts = Callable[[], Iterator[str]]  # the corpus, re-iterable
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 # Characters a SentencePiece-style vocabulary gets as tokens of their own; rarer ones use byte fallback
 # (the analogue of SentencePiece's character_coverage).
 SP_ALPHABET_LIMIT = 400
 MAX_TOKEN_LENGTH = 24
-
-
-class VocabOptions(BaseModel):
-    """How to build the new vocabulary."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: Literal["bpe", "unigram", "extend", "optimize"] = Field(
-        description="bpe/unigram: a whole new vocabulary; extend: add target-language tokens to the old one; "
-        "optimize: keep the most frequent old tokens, then extend"
-    )
-    vocab_size: int = Field(
-        gt=0,
-        description="bpe/unigram: size of the new vocabulary (special tokens included); "
-        "extend/optimize: size of the target-language BPE whose new tokens are added",
-    )
-    keep: int | None = Field(default=None, gt=0, description="optimize: how many old tokens to keep")
-    text_field: str = Field(default="text", description="field of .jsonl corpus records holding the text")
-    min_frequency: int = Field(default=2, ge=1, description="least corpus frequency of a new merge")
-    max_chars: int | None = Field(default=None, gt=0, description="read at most this many corpus characters")
-
-    @model_validator(mode="after")
-    def _keep_only_for_optimize(self):
-        if self.method == "optimize" and self.keep is None:
-            raise ValueError("method 'optimize' needs keep (how many old tokens to keep)")
-        if self.method != "optimize" and self.keep is not None:
-            raise ValueError(f"keep is only used by method 'optimize', not {self.method!r}")
-        return self
 
 
 def build_vocabulary(
@@ -85,21 +63,18 @@ def build_vocabulary(
     output = Path(output)
     check_output_dir(output, force)
     files = expand_corpus(corpus)
+    check_no_overlap(output, [("old tokenizer", old_tokenizer)] + [("corpus", f) for f in files])
     check_corpus(files, options.text_field)
     old = load_tokenizer(old_tokenizer)
     spec = tokenizer_json(old)
     style = tokenizer_style(spec)
-    texts = lambda: iter_texts(files, options.text_field, options.max_chars)  # noqa: E731 - re-iterable corpus
 
-    if options.method in ("bpe", "unigram"):
-        new_spec, stats = _whole_new(spec, style, texts, options)
-    elif options.method == "extend":
-        new_spec, stats = _extend(spec, style, texts, options, keep_ids=None)
-    else:
-        new_spec, stats = _extend(spec, style, texts, options, keep_ids=_most_frequent(old, spec, style, texts, options))
+    def texts() -> Iterator[str]:
+        return iter_texts(files, options.text_field, options.max_chars)
 
+    new_spec, stats = BUILDERS[options.method](old, spec, style, texts, options)
     manifest = {
-        "lep_plugin_version": __version__,
+        "lep_plugin_version": version("lep-plugin"),
         "method": options.method,
         "style": style,
         "options": options.model_dump(),
@@ -114,11 +89,6 @@ def build_vocabulary(
     with atomic_output_dir(output, force) as tmp:
         save_tokenizer_dir(new_spec, old, tmp, extra_files={MANIFEST: manifest})
     return output
-
-
-def read_manifest(tokenizer_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(tokenizer_dir) / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -137,7 +107,7 @@ def _trainer_pipeline(spec: dict[str, Any], style: Style) -> dict[str, Any]:
     return train
 
 
-def _train(spec: dict[str, Any], style: Style, texts, kind: str, size: int, options: VocabOptions) -> dict[str, Any]:
+def _train(spec: dict[str, Any], style: Style, texts: Texts, kind: str, size: int, options: VocabOptions) -> dict[str, Any]:
     """Train a ``kind`` ("bpe"/"unigram") model of ``size`` tokens in the old style; its model JSON."""
     from tokenizers import Tokenizer, pre_tokenizers, trainers
 
@@ -239,7 +209,8 @@ def _outside_added(spec: dict[str, Any]) -> int:
     return sum(t["content"] not in vocab for t in spec.get("added_tokens", []))
 
 
-def _whole_new(spec, style, texts, options: VocabOptions):
+def _whole_new(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
+    """``bpe`` / ``unigram``: a whole new vocabulary of ``vocab_size`` tokens, old special/byte tokens first."""
     reserved = _reserved(spec, style)
     train_size = options.vocab_size - len(reserved) - _outside_added(spec)
     alphabet_floor = 256 if style == "byte_level" else 0
@@ -270,7 +241,9 @@ def _whole_new(spec, style, texts, options: VocabOptions):
     return _finish(spec, model), {"trained_size": len(_vocab_ids(trained)), "reserved": len(reserved)}
 
 
-def _extend(spec, style, texts, options: VocabOptions, keep_ids: set[int] | None):
+def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions, keep_ids: set[int] | None):
+    """The old vocabulary (all of it, or the ``keep_ids``) plus the target-language BPE's new tokens; new
+    merges first, then the old ones."""
     if spec["model"]["type"] != "BPE":
         raise LEPError(f"method {options.method!r} needs a BPE tokenizer, this one is {spec['model']['type']}")
     old_vocab: dict[str, int] = spec["model"]["vocab"]
@@ -305,7 +278,7 @@ def _extend(spec, style, texts, options: VocabOptions, keep_ids: set[int] | None
     return _finish(spec, model), stats
 
 
-def _most_frequent(old, spec, style, texts, options: VocabOptions) -> set[int]:
+def _most_frequent(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions) -> set[int]:
     """Old model-vocabulary ids to keep: the most frequent on the corpus, closed under merges, always with
     special/added tokens and the byte alphabet, ``options.keep`` in all."""
     vocab: dict[str, int] = spec["model"]["vocab"]
@@ -365,3 +338,17 @@ def _count(backend, batch: list[str], counts: np.ndarray) -> None:
     for encoding in backend.encode_batch(batch, add_special_tokens=False):
         ids = np.asarray(encoding.ids, dtype=np.int64)
         counts += np.bincount(ids[ids < counts.size], minlength=counts.size)
+
+
+def _extend_all(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
+    """``extend``: every old id keeps its meaning, new tokens go after the last old id."""
+    return _extend(spec, style, texts, options, keep_ids=None)
+
+
+def _optimize(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
+    """``optimize``: the ``keep`` old tokens most used on the corpus, then extend."""
+    return _extend(spec, style, texts, options, keep_ids=_most_frequent(old, spec, style, texts, options))
+
+
+Builder = Callable[[Any, dict[str, Any], Style, Texts, VocabOptions], tuple[dict[str, Any], dict[str, Any]]]
+BUILDERS: dict[str, Builder] = {"bpe": _whole_new, "unigram": _whole_new, "extend": _extend_all, "optimize": _optimize}

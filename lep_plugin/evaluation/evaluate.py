@@ -6,19 +6,33 @@ The metric arithmetic lives in :mod:`lep_plugin.math.metrics`; here are the mode
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from lep_plugin.common.tokenizers import load_tokenizer, token_counts
 from lep_plugin.errors import LEPError
-from lep_plugin.io.eval_data import CopyTasks, PromptStyle, copy_prompt_ids, load_copy_tasks, resolve_prompt_style, text_labels
+from lep_plugin.evaluation.generate import (
+    eos_token_ids,
+    greedy_generate,
+    inference_mode,
+    model_device,
+    newline_token_ids,
+)
+from lep_plugin.evaluation.tasks import (
+    CopyTasks,
+    PromptStyle,
+    copy_prompt_ids,
+    load_copy_tasks,
+    resolve_prompt_style,
+    text_labels,
+)
 from lep_plugin.math import metrics
 
 # Copy-task and statistic names, in table order.
@@ -62,106 +76,6 @@ def load_tasks(paths: Sequence[Path], settings: EvalSettings) -> list[CopyTasks]
         )
         for path, label in zip(paths, text_labels(paths))
     ]
-
-
-@contextlib.contextmanager
-def inference_mode(model) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd for the duration; the training mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if was_training:
-            model.train()
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-_NEWLINE_IDS: dict[str, frozenset[int]] = {}
-
-
-def newline_token_ids(tokenizer) -> frozenset[int]:
-    """Ids of every token whose text contains a newline (the plain prompt's end of a copy)."""
-    from lep_plugin.io.tokenizers import fingerprint_tokenizer
-
-    key = fingerprint_tokenizer(tokenizer)
-    if key not in _NEWLINE_IDS:
-        size = len(tokenizer)
-        texts = tokenizer.backend_tokenizer.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
-        _NEWLINE_IDS[key] = frozenset(i for i, text in enumerate(texts) if "\n" in text)
-    return _NEWLINE_IDS[key]
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """EOS of the tokenizer and of the model's generation config (chat models often end turns differently)."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        eos = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(e) for e in eos)
-    return ids
-
-
-def greedy_generate(
-    model,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    stop_ids: set[int] | frozenset[int],
-    pad_id: int | None,
-    batch_size: int = 8,
-) -> list[list[int]]:
-    """Greedy continuations of ``prompts``, batched with left padding and the KV cache.
-
-    Each continuation ends with the first stop token (included) or after ``max_new_tokens``. Prompts are
-    batched in length order to waste little padding; the result is in the order of ``prompts``.
-    """
-    if pad_id is None:
-        pad_id = 0  # any id: padded positions are masked out and never predicted from
-    device = model_device(model)
-    stop = torch.tensor(sorted(stop_ids) or [-1], device=device)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    results: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, width - len(prompts[i]) :] = torch.tensor(list(prompts[i]), dtype=torch.long)
-            mask[r, width - len(prompts[i]) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
-        generated = torch.full((len(rows), max_new_tokens), pad_id, dtype=torch.long, device=device)
-        lengths = torch.zeros(len(rows), dtype=torch.long, device=device)
-        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        position = positions[:, -1:]
-        for step in range(max_new_tokens):
-            next_ids = out.logits[:, -1, :].argmax(-1)
-            active = ~finished
-            generated[:, step] = torch.where(active, next_ids, generated[:, step])
-            lengths += active.long()
-            finished |= torch.isin(next_ids, stop)
-            if step == max_new_tokens - 1 or bool(finished.all()):
-                break
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-            position = position + 1
-            feed = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)[:, None]
-            out = model(input_ids=feed, attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-        for r, i in enumerate(rows):
-            results[i] = generated[r, : int(lengths[r])].tolist()
-    return results
 
 
 def _clean_prediction(tokenizer, tokens: list[int], style: str) -> str:
@@ -208,10 +122,11 @@ def copy_task_scores(model, tokenizer, tasks: CopyTasks, settings: EvalSettings,
 
 def tokenization_stats(tokenizer, texts: Sequence[str]) -> dict[str, float]:
     """Characters per token and tokens per whitespace word of ``texts`` (no special tokens)."""
-    chars = sum(len(t) for t in texts)
-    words = sum(len(t.split()) for t in texts)
-    tokens = sum(_count_tokens(tokenizer, t) for t in texts)
-    return {"chars_per_token": metrics.chars_per_token(chars, tokens), "tokens_per_word": metrics.tokens_per_word(tokens, words)}
+    counts = token_counts(tokenizer, texts)
+    return {
+        "chars_per_token": metrics.chars_per_token(counts.characters, counts.tokens),
+        "tokens_per_word": metrics.tokens_per_word(counts.tokens, counts.words),
+    }
 
 
 def bits_per_char(model, tokenizer, texts: Sequence[str], window: int = 1024, batch_size: int = 8) -> float:
@@ -295,17 +210,21 @@ def flat_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{label}/{name}": float(values[name]) for label, values in record["texts"].items() for name in METRICS}
 
 
-def load_model(path: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
-    """(model, tokenizer) of an HF causal-LM dir; one clear error if it is not one."""
-    from transformers import AutoModelForCausalLM
-
-    from lep_plugin.io.tokenizers import load_tokenizer
-
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it is an HF model dir (has a ``config.json``); one clear error if not."""
     path = Path(path)
     if not path.is_dir():
         raise LEPError(f"model dir {path} does not exist")
     if not (path / "config.json").is_file():
         raise LEPError(f"{path} is not a model dir (no config.json)")
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
+    """(model, tokenizer) of an HF causal-LM dir; one clear error if it is not one."""
+    from transformers import AutoModelForCausalLM
+
+    path = check_model_dir(path)
     tokenizer = load_tokenizer(path)
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:

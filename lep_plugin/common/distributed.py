@@ -1,0 +1,59 @@
+"""Ranks and DeepSpeed ZeRO-3 partitioned parameters, for code that runs in every process of a launch.
+
+Works before any process group exists (ranks then come from the launcher's environment) and without
+DeepSpeed installed or in use (a parameter is partitioned only if DeepSpeed gave it a ``ds_id``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+
+def rank() -> int:
+    """Global rank, from the process group if there is one, else from the launcher's environment."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def is_zero3_param(param: torch.Tensor) -> bool:
+    """A parameter partitioned by DeepSpeed ZeRO-3 (its local data is a shard or empty)."""
+    return hasattr(param, "ds_id")
+
+
+def full_rows(param: torch.Tensor) -> int:
+    """Rows of the whole matrix, also when this rank holds only a ZeRO-3 shard of it."""
+    return int(param.ds_shape[0]) if is_zero3_param(param) else int(param.shape[0])
+
+
+@contextlib.contextmanager
+def gathered(params: list[torch.Tensor], modifier_rank: int | None) -> Iterator[bool]:
+    """Full parameters inside the block. Under ZeRO-3 they are gathered, and re-partitioned on exit from
+    ``modifier_rank``'s copy; yields whether this process should write them (every process when the
+    parameters are not partitioned, since each then holds its own full copy)."""
+    if any(is_zero3_param(p) for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+            yield modifier_rank is None or rank() == modifier_rank
+    else:
+        yield True

@@ -1,0 +1,1 @@
+"""Label-free evaluation: copy tasks, tokenization statistics and bits per character (``lep eval`` and the training callback)."""

@@ -1,0 +1,30 @@
+"""Settings of ``lep-merge`` (CLI flags, YAML keys and the library call are the same fields)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lep_plugin.math.operator import Weighting
+
+MergeMethod = Literal["swap", "overlap", "conversion", "all"]
+
+
+class MergeOptions(BaseModel):
+    """Settings of ``lep-merge`` (CLI flags, YAML keys and the library call are the same fields)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: Path = Field(description="original base model (HF dir, Axolotl output/checkpoint dir, DeepSpeed dir)")
+    instruct: Path = Field(description="original instruct model (HF dir): its layers, added tokens and chat template are kept")
+    adapted: Path = Field(description="adapted base model with the new vocabulary and trained embeddings (any input kind)")
+    output: Path = Field(description="output model dir (written atomically)")
+    method: MergeMethod = Field(default="conversion", description="how P is fitted; 'all' writes one model per method")
+    adapted_tokenizer: Path | None = Field(default=None, description="new tokenizer dir, if not inside the adapted dir")
+    weighting: Weighting = Field(default="mean", description="vocabulary operator weights (conversion)")
+    block_rows: int = Field(default=8192, ge=16, description="rows per block of the streamed fit")
+    sample_text: Path | None = Field(default=None, description="text/.jsonl file to measure characters per token before/after")
+    force: bool = Field(default=False, description="replace an existing output dir")
+    dry_run: bool = Field(default=False, description="print the plan and write nothing")

@@ -1,0 +1,239 @@
+"""What ``lep-merge`` will do, decided before anything heavy is loaded: every input checked (headers,
+configs and tokenizers only), the matrices to change, the added tokens to keep, the output size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lep_plugin.checkpoints.base import Checkpoint, itemsize, resolve_name
+from lep_plugin.checkpoints.discover import open_checkpoint, resolve_model_dir
+from lep_plugin.checkpoints.model_config import (
+    EmbeddingNames,
+    embedding_names,
+    load_config,
+)
+from lep_plugin.common.fs import check_no_overlap, check_output_dir
+from lep_plugin.common.tokenizers import load_tokenizer
+from lep_plugin.errors import LEPError
+from lep_plugin.propagation.methods import methods_of
+from lep_plugin.propagation.options import MergeOptions
+
+# adapted rows beyond its tokenizer are accepted as padding (Qwen pads 151,665 ids to 151,936 rows)
+MAX_PADDING_ROWS = 1024
+ROLES = ("base", "instruct", "adapted")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One input model: where its weights are, how they are read, its config and embedding names."""
+
+    role: str
+    given: Path  # the path the user named
+    weights_dir: Path  # where the weights are (an Axolotl output's last checkpoint-N, or ``given``)
+    checkpoint: Checkpoint
+    config: Any
+    names: EmbeddingNames
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """One matrix to propagate ("input" or "output" embeddings): its stored name and shape per input."""
+
+    role: str
+    names: dict[str, str]  # input role -> tensor name as stored
+    shapes: dict[str, tuple[int, ...]]
+    dtype: torch.dtype  # the instruct model's (the output keeps it)
+
+    @property
+    def dim(self) -> int:
+        return self.shapes["instruct"][1]
+
+
+@dataclass(frozen=True)
+class AddedToken:
+    """An added token of the instruct model (chat marker, bos/eos): it keeps its instruct row."""
+
+    content: str
+    instruct_id: int
+    new_id: int  # its id in the output vocabulary (appended after the new tokenizer's when it lacks it)
+
+
+@dataclass
+class Plan:
+    options: MergeOptions
+    models: dict[str, Model]
+    old_tok: Any
+    instruct_tok: Any
+    new_tok: Any
+    new_tokenizer_dir: Path
+    matrices: list[Matrix]
+    added: list[AddedToken]
+    out_rows: int
+    methods: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tied(self) -> bool:
+        return self.models["instruct"].names.tied
+
+    @property
+    def instruct_dir(self) -> Path:
+        return self.models["instruct"].weights_dir
+
+    def checkpoint(self, role: str) -> Checkpoint:
+        return self.models[role].checkpoint
+
+    def describe(self) -> str:
+        lines = ["lep-merge plan"]
+        lines += [f"  {role:9s} {self.checkpoint(role).describe()}" for role in ROLES]
+        lines.append(f"  tokenizer {self.new_tokenizer_dir} ({len(self.new_tok)} tokens; old vocabulary {len(self.old_tok)})")
+        lines.append(f"  methods   {', '.join(self.methods)}   tied embeddings: {self.tied}")
+        for m in self.matrices:
+            lines.append(
+                f"  change    {m.names['instruct']} {list(m.shapes['instruct'])} -> [{self.out_rows}, {m.dim}] "
+                f"{str(m.dtype).removeprefix('torch.')}  (base {m.names['base']}, adapted {m.names['adapted']} {list(m.shapes['adapted'])})"
+            )
+        appended = sum(1 for a in self.added if a.new_id >= len(self.new_tok))
+        lines.append(f"  added tokens kept with instruct rows: {len(self.added)} ({appended} appended to the vocabulary)")
+        lines.append(f"  output    {self.options.output}  ~{self.output_bytes() * len(self.methods) / 1e9:.2f} GB")
+        lines.append(f"  memory    ~{self.memory_estimate() / 1e9:.2f} GB peak (estimate)")
+        lines.extend(f"  note      {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def output_bytes(self) -> int:
+        grown = sum((self.out_rows - m.shapes["instruct"][0]) * m.dim * itemsize(m.dtype) for m in self.matrices)
+        return self.checkpoint("instruct").nbytes() + grown
+
+    def memory_estimate(self) -> int:
+        """Largest resident set: old base + instruct matrices (fit), or adapted + result (apply), plus
+        float64 work blocks and the d×d systems."""
+        biggest = block = 0
+        for m in self.matrices:
+            fit = (m.shapes["base"][0] + m.shapes["instruct"][0]) * m.dim * itemsize(m.dtype)
+            apply = (m.shapes["adapted"][0] + self.out_rows) * m.dim * itemsize(m.dtype)
+            biggest = max(biggest, fit, apply)
+            block = max(block, 6 * self.options.block_rows * m.dim * 8 + 3 * m.dim * m.dim * 8)
+        return biggest + block
+
+
+def plan_merge(options: MergeOptions) -> Plan:
+    """Check all inputs and decide what will be written; reads headers, configs and tokenizers only."""
+    _check_paths(options)
+    models = _open_models(options)
+    instruct_tok, old_tok, new_tok_dir, new_tok = _tokenizers(options, models)
+    matrices = [_matrix(role, models, old_tok, new_tok, new_tok_dir) for role in _roles(models["instruct"].names)]
+    if len({m.shapes["adapted"][0] for m in matrices}) != 1:
+        raise LEPError("adapted input and output embeddings have different numbers of rows")
+    added = _added_tokens(instruct_tok, new_tok)
+    out_rows = max([matrices[0].shapes["adapted"][0], len(new_tok)] + [a.new_id + 1 for a in added])
+    notes = [f"{role} read from {models[role].weights_dir}" for role in ("base", "adapted") if models[role].weights_dir != models[role].given]
+    return Plan(
+        options=options, models=models, old_tok=old_tok, instruct_tok=instruct_tok, new_tok=new_tok,
+        new_tokenizer_dir=new_tok_dir, matrices=matrices, added=added, out_rows=out_rows,
+        methods=methods_of(options.method), notes=notes,
+    )
+
+
+def _check_paths(options: MergeOptions) -> None:
+    inputs = {role: getattr(options, role) for role in ROLES}
+    for role, path in inputs.items():
+        if not Path(path).is_dir():
+            raise LEPError(f"{role} {path} is not a directory")
+    check_no_overlap(options.output, inputs)
+    if not options.dry_run:
+        check_output_dir(options.output, options.force)
+
+
+def _open_models(options: MergeOptions) -> dict[str, Model]:
+    models: dict[str, Model] = {}
+    for role in ("instruct", "base", "adapted"):
+        given = Path(getattr(options, role))
+        weights_dir = resolve_model_dir(given, role)
+        # the instruct model's 16-bit HF weights are what it is; the others' fp32 DeepSpeed masters win
+        checkpoint = open_checkpoint(weights_dir, role, prefer_deepspeed=role != "instruct")
+        if role == "instruct" and checkpoint.kind == "deepspeed":
+            raise LEPError(f"instruct {given} is a DeepSpeed checkpoint without HF weights; the instruct model must be an HF model dir")
+        config_dir = next((d for d in (weights_dir, given) if (d / "config.json").is_file()), None)
+        if config_dir is not None or role != "adapted":
+            config = load_config(config_dir or given, role)
+        else:  # a bare DeepSpeed dir: the adapted model is the base model's architecture
+            config = models["base"].config
+        models[role] = Model(role, given, weights_dir, checkpoint, config, embedding_names(config))
+    _check_same_architecture(models)
+    return models
+
+
+def _hidden(config) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "hidden_size", None)
+
+
+def _check_same_architecture(models: dict[str, Model]) -> None:
+    base, instruct, adapted = (models[r].config for r in ROLES)
+    if base.model_type != instruct.model_type:
+        raise LEPError(f"base and instruct are different architectures ({base.model_type} vs {instruct.model_type})")
+    if _hidden(base) != _hidden(instruct):
+        raise LEPError(f"base and instruct have different hidden sizes ({_hidden(base)} vs {_hidden(instruct)})")
+    if adapted.model_type != base.model_type:
+        raise LEPError(f"adapted is a {adapted.model_type} model but base is {base.model_type}")
+
+
+def _tokenizer_dir(*candidates: Path | None) -> Path:
+    """The first candidate that holds a tokenizer (else the last one given, for the error message)."""
+    for c in candidates:
+        if c is not None and (Path(c) / "tokenizer.json").is_file():
+            return Path(c)
+    return Path([c for c in candidates if c is not None][-1])
+
+
+def _tokenizers(options: MergeOptions, models: dict[str, Model]):
+    """Instruct (added tokens, chat template), old (base, else instruct) and new (adapted) tokenizers."""
+    instruct, base, adapted = (models[r] for r in ("instruct", "base", "adapted"))
+    instruct_tok = load_tokenizer(_tokenizer_dir(instruct.weights_dir, instruct.given))
+    base_tok_dir = _tokenizer_dir(base.weights_dir, base.given)
+    old_tok = load_tokenizer(base_tok_dir) if (base_tok_dir / "tokenizer.json").is_file() else instruct_tok
+    if old_tok.backend_tokenizer.get_vocab(with_added_tokens=False) != instruct_tok.backend_tokenizer.get_vocab(with_added_tokens=False):
+        raise LEPError("base and instruct have different old vocabularies (their tokenizers differ beyond added tokens)")
+    new_tok_dir = _tokenizer_dir(options.adapted_tokenizer, adapted.weights_dir, adapted.given)
+    return instruct_tok, old_tok, new_tok_dir, load_tokenizer(new_tok_dir)
+
+
+def _roles(names: EmbeddingNames) -> tuple[str, ...]:
+    return ("input",) if names.tied else ("input", "output")  # tied: one matrix, one fit
+
+
+def _matrix(role: str, models: dict[str, Model], old_tok, new_tok, new_tok_dir: Path) -> Matrix:
+    names, shapes = {}, {}
+    for what, model in models.items():
+        wanted = model.names.input if role == "input" or model.names.tied else model.names.output
+        names[what] = resolve_name(model.checkpoint, wanted, what)
+        shapes[what] = tuple(model.checkpoint.shape(names[what]))
+        if len(shapes[what]) != 2:
+            raise LEPError(f"{what} tensor {names[what]} is not a matrix (shape {list(shapes[what])})")
+    d = shapes["instruct"][1]
+    if shapes["base"][1] != d or shapes["adapted"][1] != d:
+        raise LEPError(f"hidden sizes differ: base {shapes['base'][1]}, instruct {d}, adapted {shapes['adapted'][1]} ({role} embeddings)")
+    if shapes["base"][0] < len(old_tok) or shapes["instruct"][0] < len(old_tok):
+        raise LEPError(f"base/instruct {role} embeddings have fewer rows than the old tokenizer's {len(old_tok)} tokens")
+    rows = shapes["adapted"][0]
+    if rows < len(new_tok) or rows - len(new_tok) > MAX_PADDING_ROWS:
+        raise LEPError(f"adapted {role} embeddings have {rows} rows but its tokenizer ({new_tok_dir}) has {len(new_tok)} tokens")
+    return Matrix(role, names, shapes, models["instruct"].checkpoint.dtype(names["instruct"]))
+
+
+def _added_tokens(instruct_tok, new_tok) -> list[AddedToken]:
+    """The instruct model's added tokens with their output ids: the new tokenizer's id for the same
+    string, or the next free id after the new vocabulary."""
+    new_vocab = new_tok.get_vocab()
+    next_id = len(new_tok)
+    added = []
+    for instruct_id, token in sorted(instruct_tok.added_tokens_decoder.items()):
+        new_id = new_vocab.get(token.content)
+        if new_id is None:
+            new_id, next_id = next_id, next_id + 1
+        added.append(AddedToken(token.content, instruct_id, new_id))
+    return added
