@@ -17,9 +17,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from lep_plugin.evaluation.tasks import copy_prompt_ids, load_copy_tasks
 from lep_plugin.evaluation.generate import greedy_generate
-from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
+from lep_plugin.evaluation.tasks import copy_prompt_ids, load_copy_tasks
+from lep_plugin.vocab.mistral import (
+    import_mistral_common_tokenizer,
+    mistral_common_file,
+)
 
 HELDOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "heldout.jsonl"
 

@@ -39,9 +39,12 @@ D, INTER, HEADS, KV_HEADS = 4096, 14336, 32, 8
 
 
 def tokenizers(root: Path, style: str) -> tuple[Path, Path]:
-    from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
     from lep_plugin.vocab.build import build_vocabulary
-from lep_plugin.vocab.options import VocabOptions
+    from lep_plugin.vocab.mistral import (
+        import_mistral_common_tokenizer,
+        mistral_common_file,
+    )
+    from lep_plugin.vocab.options import VocabOptions
 
     old = root / f"{style}-old"
     new = root / f"{style}-new"
@@ -177,8 +180,8 @@ def job_reference(base: str, instruct: str, adapted: str, output: str) -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    from lep_plugin.vocab.operator import vocabulary_operator
     from lep_plugin.math.operator import apply_operator, trained_rows
+    from lep_plugin.vocab.operator import vocabulary_operator
 
     def load(d: str) -> dict[str, torch.Tensor]:
         sd = {}

@@ -18,11 +18,14 @@ from pathlib import Path
 import torch
 
 from lep_plugin.common.tokenizers import load_tokenizer
-from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
-from lep_plugin.vocab.build import build_vocabulary
-from lep_plugin.vocab.options import VocabOptions
-from lep_plugin.vocab.operator import vocabulary_operator
 from lep_plugin.math.operator import apply_operator
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.mistral import (
+    import_mistral_common_tokenizer,
+    mistral_common_file,
+)
+from lep_plugin.vocab.operator import vocabulary_operator
+from lep_plugin.vocab.options import VocabOptions
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "train.jsonl"
 

@@ -33,13 +33,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from lep_plugin.calibration.copy_task import CopyTaskOptions, build_copy_examples
+from lep_plugin.common.corpus import iter_texts
+from lep_plugin.common.fs import write_jsonl_atomic
 from lep_plugin.demo.models import train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, _axolotl_config, _run
-from lep_plugin.calibration.copy_task import CopyTaskOptions, build_copy_examples
-from lep_plugin.common.fs import write_jsonl_atomic
-from lep_plugin.common.corpus import iter_texts
-from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
 from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.mistral import (
+    import_mistral_common_tokenizer,
+    mistral_common_file,
+)
 from lep_plugin.vocab.options import VocabOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +135,7 @@ def main() -> None:
                         help="torch threads of the two model trainings (0: torch's default); 1 on a machine shared with other jobs, "
                         "where more threads than free cores make each step several times slower and the time boxes give few steps")
     parser.add_argument("--calibration-steps", type=int, default=60,
-                        help="steps of the calibration LoRA (METHOD.md step 5) on the extend/conversion model; 0 skips it")
+                        help="steps of the calibration LoRA (the calibration LoRA of arXiv:2412.21140, §4) on the extend/conversion model; 0 skips it")
     parser.add_argument("--train-steps", type=int, default=120)
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()

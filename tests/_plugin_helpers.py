@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from fixtures import RU_TRAIN, write_corpus_slice
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "yaml"

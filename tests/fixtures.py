@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 
-from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
+from lep_plugin.vocab.mistral import (
+    import_mistral_common_tokenizer,
+    mistral_common_file,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RU_TRAIN = SHARED_DATA / "ru" / "train.jsonl"
@@ -37,7 +40,13 @@ def build_tiny_model(
     shard_size: str = "2MB",
 ) -> Path:
     """A randomly initialised tiny ``arch`` ("llama" or "mistral") model with the given tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[arch]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from _plugin_helpers import EXAMPLES, VENV_BIN, run_train, train_env, write_config
 from fixtures import generate_from_chat, write_corpus_slice
+
 from lep_plugin.cli.lep import main
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lep_plugin.calibration.copy_task import PROMPTS, CopyTaskOptions, build_copy_examples
+from lep_plugin.calibration.copy_task import (
+    PROMPTS,
+    CopyTaskOptions,
+    build_copy_examples,
+)
 from lep_plugin.common.text import detect_language, split_sentences, text_units
 
 DEMO = Path(__file__).resolve().parents[1] / "lep_plugin" / "data" / "demo"

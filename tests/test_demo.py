@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fixtures import generate_from_chat
+
 from lep_plugin.demo.models import train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, corpora
 

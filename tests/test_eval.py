@@ -9,12 +9,33 @@ import math
 
 import pytest
 import torch
+from _eval_helpers import (
+    build_word_tokenizer,
+    lexicon,
+    random_model,
+    synthetic_documents,
+    train_copier,
+    write_jsonl,
+)
 
-from _eval_helpers import build_word_tokenizer, lexicon, random_model, synthetic_documents, train_copier, write_jsonl
 from lep_plugin.errors import LEPError
-from lep_plugin.evaluation.tasks import copy_prompt_ids, load_copy_tasks, resolve_prompt_style
-from lep_plugin.evaluation.evaluate import EvalSettings, bits_per_char, evaluate_model, load_model, load_tasks
-from lep_plugin.evaluation.generate import eos_token_ids, greedy_generate, newline_token_ids
+from lep_plugin.evaluation.evaluate import (
+    EvalSettings,
+    bits_per_char,
+    evaluate_model,
+    load_model,
+    load_tasks,
+)
+from lep_plugin.evaluation.generate import (
+    eos_token_ids,
+    greedy_generate,
+    newline_token_ids,
+)
+from lep_plugin.evaluation.tasks import (
+    copy_prompt_ids,
+    load_copy_tasks,
+    resolve_prompt_style,
+)
 
 SETTINGS = EvalSettings(samples=6, max_new_tokens_sentence=64, max_new_tokens_paragraph=64, bpc_chars=3000, batch_size=4)
 
@@ -120,9 +141,8 @@ def _uniform_model(vocab_size: int):
 
 def test_bits_per_char_closed_form_under_two_tokenizers(copy_world, mistral_tokenizer, ru_heldout):
     """A uniform model pays log2(V) bits per token: bpc = log2(V) * tokens / chars for any tokenizer."""
-    from transformers import AutoTokenizer
-
     from fixtures import read_texts
+    from transformers import AutoTokenizer
 
     cases = [(AutoTokenizer.from_pretrained(str(copy_world["tok"])), [t.replace("\n", " ") for t in synthetic_documents(lexicon(), 3, 5)]),
              (AutoTokenizer.from_pretrained(str(mistral_tokenizer)), [t[:1500] for t in read_texts(ru_heldout, 2)])]
@@ -209,7 +229,12 @@ def test_empty_or_missing_text_is_a_clear_error(tmp_path):
 def test_callback_under_a_plain_trainer(copy_world, tmp_path):
     """The callback inside a real transformers Trainer: numbers reach log_history and the JSON history."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+    )
 
     from lep_plugin.plugin.eval_callback import HISTORY_FILE, build_eval_callback
 

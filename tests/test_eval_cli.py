@@ -26,7 +26,7 @@ def test_lep_eval_two_models_table_json_plot(tiny_mistral, tiny_llama, ru_heldou
     assert [r["model"] for r in rows] == ["tiny-mistral", "tiny-llama"]
     assert rows[0]["prompt_style"] == "chat"  # the Mistral tokenizer has a chat template
     ru_m, ru_l = rows[0]["texts"]["ru/heldout"], rows[1]["texts"]["ru/heldout"]
-    # the real tokenizers' statistics on Russian: Mistral ~2.3 chars/token (METHOD.md), Tekken more compact
+    # the real tokenizers' statistics on Russian: Mistral ~2.3 chars/token, Tekken more compact
     assert 2.0 < ru_m["chars_per_token"] < 2.7
     assert ru_l["chars_per_token"] > ru_m["chars_per_token"]
     for r in (ru_m, ru_l):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from _merge_helpers import copy_model, mistral_trio, tied_trio  # noqa: F401 - fixtures
-
 from fixtures import build_tiny_model
 
 from lep_plugin.cli.merge import main

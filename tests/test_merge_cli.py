@@ -16,12 +16,12 @@ import yaml
 from _merge_helpers import CHAT_MARKER, mistral_trio, tied_trio  # noqa: F401 - fixtures
 from fixtures import generate_from_chat
 
-from lep_plugin.cli.merge import main
 from lep_plugin.checkpoints.safetensors import SafetensorsCheckpoint
+from lep_plugin.cli.merge import main
 from lep_plugin.common.tokenizers import load_tokenizer
-from lep_plugin.vocab.operator import vocabulary_operator
 from lep_plugin.math.operator import apply_operator, trained_rows
 from lep_plugin.math.propagation import dense_reference, shared_token_ids
+from lep_plugin.vocab.operator import vocabulary_operator
 
 VENV_BIN = Path(sys.executable).parent
 

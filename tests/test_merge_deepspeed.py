@@ -14,10 +14,10 @@ import torch
 from _merge_helpers import mistral_trio  # noqa: F401 - fixture (zero3_checkpoint comes from conftest)
 from fixtures import generate_from_chat
 
-from lep_plugin.cli.merge import main
+from lep_plugin.checkpoints.deepspeed import DeepSpeedCheckpoint
 from lep_plugin.checkpoints.discover import open_checkpoint
 from lep_plugin.checkpoints.safetensors import SafetensorsCheckpoint
-from lep_plugin.checkpoints.deepspeed import DeepSpeedCheckpoint
+from lep_plugin.cli.merge import main
 from lep_plugin.common.tokenizers import load_tokenizer
 
 JOB = Path(__file__).parent / "_merge_deepspeed_job.py"

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 import yaml
-
 from _plugin_helpers import tiny_config, training_data, write_config
+from pydantic import ValidationError
+
 from lep_plugin.errors import LEPError
 from lep_plugin.plugin.args import parse_lep_block
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from _plugin_helpers import training_data
 from transformers import AutoModelForCausalLM
 
-from _plugin_helpers import training_data
 from lep_plugin.common.tokenizers import load_tokenizer
-from lep_plugin.vocab.operator import vocabulary_operator
 from lep_plugin.math.operator import apply_operator
 from lep_plugin.plugin.freezing import trainable_names
 from lep_plugin.plugin.plugin import LEPPlugin
+from lep_plugin.vocab.operator import vocabulary_operator
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _plugin_helpers import (
     EXAMPLES,
     assert_only_embeddings_changed,
@@ -22,6 +21,7 @@ from _plugin_helpers import (
     write_config,
 )
 from fixtures import RU_HELDOUT, write_corpus_slice
+
 from lep_plugin.common.tokenizers import fingerprint_tokenizer, load_tokenizer
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,6 @@ from lep_plugin.math.propagation import (
     shared_token_ids,
     solve,
 )
-from lep_plugin.math.operator import trained_rows
 
 
 def _models(old: int = 700, d: int = 24, seed: int = 0, dtype=torch.float64):

@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
-
 from fixtures import EN_HELDOUT, RU_HELDOUT, read_texts
-from lep_plugin.common.tokenizers import load_tokenizer, tokenizer_json
-from lep_plugin.common.tokenizers import read_manifest
-from lep_plugin.vocab.build import build_vocabulary
-from lep_plugin.vocab.options import VocabOptions
-from lep_plugin.vocab.operator import token_pieces, vocabulary_operator
+
+from lep_plugin.common.tokenizers import load_tokenizer, read_manifest, tokenizer_json
 from lep_plugin.math.operator import apply_operator
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.operator import token_pieces, vocabulary_operator
+from lep_plugin.vocab.options import VocabOptions
 
 METHODS = {
     "bpe": VocabOptions(method="bpe", vocab_size=6000),

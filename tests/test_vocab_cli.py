@@ -3,6 +3,7 @@
 import json
 
 from fixtures import write_corpus_slice
+
 from lep_plugin.cli.lep import main
 
 

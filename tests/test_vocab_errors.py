@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fixtures import build_tiny_model
+
 from lep_plugin.cli.lep import main
 
 

@@ -81,6 +81,38 @@ class Checkpoint:
         return f"{self.kind} checkpoint {self.path}"
 
 
+class ShardedCheckpoint(Checkpoint):
+    """HF weights: one file (``SINGLE``), or shards listed by an index file (``INDEX``) – the layout shared
+    by safetensors and ``pytorch_model*.bin`` checkpoints."""
+
+    INDEX: str
+    SINGLE: str
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return (Path(path) / cls.INDEX).is_file() or (Path(path) / cls.SINGLE).is_file()
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if (self.path / self.INDEX).is_file():
+            self.weight_map = read_weight_map(self.path, self.INDEX)
+        else:
+            single = (self.path / self.SINGLE).resolve()
+            self.weight_map = {name: single for name in self.names_in(single)}
+        self.shards = sorted(set(self.weight_map.values()))
+
+    @property
+    def sharded(self) -> bool:
+        return (self.path / self.INDEX).is_file()
+
+    def names_in(self, shard: Path) -> list[str]:
+        """The tensor names stored in one file (validating it)."""
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        return list(self.weight_map)
+
+
 def resolve_name(checkpoint: Checkpoint, name: str, what: str) -> str:
     """``name`` as stored in ``checkpoint``: exact, or the one stored name that ends with it / that it
     ends with (wrappers add or drop prefixes such as ``model.`` or ``base_model.model.``)."""

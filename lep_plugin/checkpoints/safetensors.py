@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lep_plugin.checkpoints.base import Checkpoint, read_weight_map
+from lep_plugin.checkpoints.base import ShardedCheckpoint
 from lep_plugin.errors import LEPError
 
 INDEX = "model.safetensors.index.json"
@@ -31,47 +31,36 @@ _ST_DTYPES = {
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
-class SafetensorsCheckpoint(Checkpoint):
+class SafetensorsCheckpoint(ShardedCheckpoint):
     kind = "safetensors"
-
-    @staticmethod
-    def detect(path: Path) -> bool:
-        return (Path(path) / INDEX).is_file() or (Path(path) / SINGLE).is_file()
+    INDEX = INDEX
+    SINGLE = SINGLE
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        if (self.path / INDEX).is_file():
-            self.weight_map = read_weight_map(self.path, INDEX)
-            self.index_name: str | None = INDEX
-        else:
-            self.weight_map = {}
-            self.index_name = None
-            single = self.path / SINGLE
-            for name in self._header(single):
-                self.weight_map[name] = single.resolve()
-        self.shards = sorted(set(self.weight_map.values()))
-        self._headers = {shard: self._header(shard) for shard in self.shards}
+        self._headers: dict[Path, dict[str, dict]] = {}
+        super().__init__(path)
         for name, shard in self.weight_map.items():
-            if name not in self._headers[shard]:
+            if name not in self.names_in(shard):
                 raise LEPError(f"index {self.path / INDEX} puts {name} in {shard.name}, which lacks it")
 
-    @staticmethod
-    def _header(shard: Path) -> dict[str, dict]:
+    def names_in(self, shard: Path) -> list[str]:
+        return list(self._header(shard))
+
+    def _header(self, shard: Path) -> dict[str, dict]:
         """Tensor entries of a shard's header, validated by ``safe_open`` (a truncated or corrupt file
-        fails here, before any output is written)."""
+        fails here, before any output is written); read once per shard."""
         from safetensors import SafetensorError, safe_open
 
-        try:
-            with safe_open(str(shard), framework="pt"):
-                pass
-            header, _ = raw_header(shard)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise LEPError(f"shard {shard} is corrupt or truncated: {err}") from None
-        header.pop("__metadata__", None)
-        return header
-
-    def names(self) -> list[str]:
-        return list(self.weight_map)
+        if shard not in self._headers:
+            try:
+                with safe_open(str(shard), framework="pt"):
+                    pass
+                header, _ = raw_header(shard)
+            except (SafetensorError, OSError, ValueError) as err:
+                raise LEPError(f"shard {shard} is corrupt or truncated: {err}") from None
+            header.pop("__metadata__", None)
+            self._headers[shard] = header
+        return self._headers[shard]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._headers[self.weight_map[name]][name]["shape"])

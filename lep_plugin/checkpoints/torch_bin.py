@@ -7,30 +7,22 @@ from pathlib import Path
 
 import torch
 
-from lep_plugin.checkpoints.base import Checkpoint, load_weights_only, read_weight_map
+from lep_plugin.checkpoints.base import ShardedCheckpoint, load_weights_only
 from lep_plugin.errors import LEPError
 
 INDEX = "pytorch_model.bin.index.json"
 SINGLE = "pytorch_model.bin"
 
 
-class TorchBinCheckpoint(Checkpoint):
+class TorchBinCheckpoint(ShardedCheckpoint):
     """``pytorch_model*.bin`` shards: loaded memory-mapped with ``weights_only=True``."""
 
     kind = "bin"
-
-    @staticmethod
-    def detect(path: Path) -> bool:
-        return (Path(path) / INDEX).is_file() or (Path(path) / SINGLE).is_file()
+    INDEX = INDEX
+    SINGLE = SINGLE
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        if (self.path / INDEX).is_file():
-            self.weight_map = read_weight_map(self.path, INDEX)
-        else:
-            single = (self.path / SINGLE).resolve()
-            self.weight_map = {name: single for name in self.load_shard(single)}
-        self.shards = sorted(set(self.weight_map.values()))
+        super().__init__(path)
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for shard in self.shards:
             for name, tensor in self.load_shard(shard).items():
@@ -39,15 +31,15 @@ class TorchBinCheckpoint(Checkpoint):
         if missing:
             raise LEPError(f"{self.path}: index lists {missing[0]} but no shard holds it")
 
+    def names_in(self, shard: Path) -> list[str]:
+        return list(self.load_shard(shard))
+
     @staticmethod
     def load_shard(shard: Path) -> dict[str, torch.Tensor]:
         state = load_weights_only(shard, "a plain tensor checkpoint")
         if not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise LEPError(f"{shard} is not a plain {{name: tensor}} checkpoint")
         return state
-
-    def names(self) -> list[str]:
-        return list(self.weight_map)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._meta[name][0]

@@ -66,7 +66,7 @@ def _keep_shards(source: SafetensorsCheckpoint, output: Path, replacements, prog
         weight_map.update({n: shard.name for n in names})
         if progress:
             progress(dst.stat().st_size)
-    return summary, weight_map, not (source.path / INDEX).is_file()
+    return summary, weight_map, not source.sharded
 
 
 def _new_shards(source: Checkpoint, output: Path, replacements, progress):

@@ -24,6 +24,7 @@ Style = Literal["sentencepiece", "byte_level"]
 # how the vocabulary was made (method, sizes, corpus and old-tokenizer fingerprints).
 MANIFEST = "lep_vocab.json"
 
+
 def load_tokenizer(path: str | os.PathLike):
     """An HF fast tokenizer from a tokenizer or model dir; a clear error if there is none."""
     from transformers import AutoTokenizer

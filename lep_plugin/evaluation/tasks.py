@@ -29,6 +29,7 @@ Kind = Literal["sentence", "paragraph"]
 CHAT_INSTRUCTION = "Repeat the following text exactly, without any changes. Answer with the text only."
 BASE_HEADER = "Repeat each text exactly."
 
+
 @dataclass(frozen=True)
 class CopyTasks:
     """The samples of one held-out file."""

@@ -18,8 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from importlib.metadata import version
 from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
