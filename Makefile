@@ -13,7 +13,7 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench gguf-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: install
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# llama.cpp (built once from the llama-cpp-python sdist into ~/.cache/lep-plugin) tokenizes and generates
+# like transformers on tiny LEP models; not in CI (the first run compiles llama.cpp).
+gguf-check: install
+	$(PY) benchmarks/gguf_check.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -11,6 +11,7 @@ One package per capability, over a pure tensor floor:
 * ``lep_plugin.propagation``  – LEP step 4: ``lep-merge``;
 * ``lep_plugin.evaluation``   – copy tasks, tokenization statistics, bits per character;
 * ``lep_plugin.calibration``  – copy-instruction data for the optional calibration LoRA;
+* ``lep_plugin.publish``      – model cards and GGUF export through llama.cpp's own converter;
 * ``lep_plugin.plugin`` and ``lep_plugin.cli`` – the faces: the Axolotl plugin (step 3) and the ``lep`` /
   ``lep-merge`` command lines, thin layers over the rooms above; ``lep_plugin.demo`` – ``make demo``.
 

@@ -45,6 +45,23 @@ def tekken_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def family_layouts(tmp_path_factory, mistral_tokenizer, tekken_tokenizer):
+    """Tokenizers in the layouts of the families people adapt (Llama-3, Qwen, Gemma, Phi-3, Mistral v1/v3,
+    Tekken), built on first use: ``family_layouts.get("llama3")``, or cut: ``.get("qwen", 8000)``."""
+    from _family_helpers import LayoutCache
+
+    return LayoutCache(tmp_path_factory.mktemp("layouts"), {"mistral": mistral_tokenizer, "tekken": tekken_tokenizer})
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory, family_layouts):
+    """Tiny random base + instruct models of each family, built on first use: ``tiny_families.get("qwen2")``."""
+    from _family_helpers import FamilyCache
+
+    return FamilyCache(tmp_path_factory.mktemp("families"), family_layouts)
+
+
+@pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory, mistral_tokenizer):
     """Tiny random MistralForCausalLM (d=64, 2 layers, untied) with the real Mistral-7B tokenizer."""
     return build_tiny_model("mistral", mistral_tokenizer, tmp_path_factory.mktemp("model") / "tiny-mistral")

@@ -1,5 +1,5 @@
 """Builders of the locally made test fixtures (no hub): real tokenizers from mistral-common and tiny
-random Llama / Mistral models saved as sharded safetensors with those tokenizers."""
+random models saved as sharded safetensors with those tokenizers."""
 
 from __future__ import annotations
 
@@ -39,35 +39,13 @@ def build_tiny_model(
     seed: int = 0,
     shard_size: str = "2MB",
 ) -> Path:
-    """A randomly initialised tiny ``arch`` ("llama" or "mistral") model with the given tokenizer."""
-    from transformers import (
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-        MistralConfig,
-        MistralForCausalLM,
-    )
+    """A randomly initialised tiny ``arch`` ("llama", "mistral", any transformers model type) model with
+    the given tokenizer (the families' own tiny models: ``lep_plugin.demo.families``)."""
+    from lep_plugin.common.tokenizers import load_tokenizer
+    from lep_plugin.demo.families import save_random_model, tiny_config
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[arch]
-    config = config_cls(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=tie,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = model_cls(config)
-    model.save_pretrained(str(out), max_shard_size=shard_size, safe_serialization=True)
-    tok.save_pretrained(str(out))
-    return out
+    config = tiny_config(arch, load_tokenizer(tokenizer_dir), hidden, layers, tie)
+    return save_random_model(config, tokenizer_dir, out, seed, shard_size)
 
 
 def read_texts(path: Path, limit: int | None = None) -> list[str]:

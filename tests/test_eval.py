@@ -159,7 +159,7 @@ def test_bits_per_char_invariant_under_relabelled_vocabulary(copy_world, tmp_pat
     """The same trained model under a second tokenizer with the same segmentation but other ids (and the
     embedding rows moved with them) has the same bits per character, whatever the window."""
     from tokenizers import Tokenizer
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     model, tok = load_model(copy_world["copier"], device="cpu")
     spec = json.loads(tok.backend_tokenizer.to_str())
@@ -263,6 +263,9 @@ def test_callback_under_a_plain_trainer(copy_world, tmp_path):
     history = json.loads((tmp_path / "out" / HISTORY_FILE).read_text())
     assert [h["step"] for h in history] == [0, 2, 3]  # at start, every 2 steps, and the last step
     assert 0 <= history[-1]["texts"]["synthetic"]["sentence_copy"] <= 1
+    # the model in training is a base model: plain prompts although its tokenizer has a chat template
+    assert {h["prompt_style"] for h in history} == {"base"}
+    assert "log" not in history[-1]["texts"]["synthetic"]  # per-sample logs would grow the file every step
     logged = [h for h in trainer.state.log_history if "lep_eval/synthetic/sentence_copy" in h]
     assert [h["step"] for h in logged] == [0, 2, 3]
     assert all(math.isfinite(h["lep_eval/synthetic/bits_per_char"]) for h in logged)

@@ -20,7 +20,8 @@ def test_lep_eval_two_models_table_json_plot(tiny_mistral, tiny_llama, ru_heldou
           "--json", str(out_json), "--plot", str(out_png)])
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0].startswith("| model | ru/heldout sent. copy")
-    assert len(table) == 4 and table[2].startswith("| tiny-mistral |") and table[3].startswith("| tiny-llama |")
+    assert len(table) == 5 and table[2].startswith("| tiny-mistral |") and table[3].startswith("| tiny-llama |")
+    assert table[4].startswith("| chance (another sample's text) |")
     payload = json.loads(out_json.read_text())
     rows = payload["results"]
     assert [r["model"] for r in rows] == ["tiny-mistral", "tiny-llama"]
@@ -31,32 +32,49 @@ def test_lep_eval_two_models_table_json_plot(tiny_mistral, tiny_llama, ru_heldou
     assert ru_l["chars_per_token"] > ru_m["chars_per_token"]
     for r in (ru_m, ru_l):
         assert 0 <= r["sentence_copy"] <= 1 and r["bits_per_char"] > 0
+        # results one can check: every sample's prompt, reference and output, and the tasks' chance level
+        log = r["log"]
+        assert [e["task"] for e in log] == ["sentence_copy"] * 2 + ["paragraph_copy"] * 2
+        assert all(e["reference"] in e["prompt"] and isinstance(e["output"], str) for e in log)
+        assert r["sentence_copy"] == pytest.approx(sum(e["score"] for e in log[:2]) / 2)
+        assert 0 < r["chance"]["sentence_copy"] <= 1 and r["chance"]["paragraph_copy"] == 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _check_comparison_figure(rows)
 
 
 def _check_comparison_figure(records):
-    """What the plot shows: a panel per metric, titled; one bar series per model, labelled with the model's
-    name, with one bar per text at the recorded value (NaN drawn as 0)."""
+    """What the plot shows: a grid with a panel per metric that has anything to show, titled with which
+    direction is better; one bar series per model with one bar per text at the recorded value, the value
+    written on the bar; panels of metrics that are 0 for every model left out and named; one legend."""
     import math
 
     from lep_plugin.evaluation.evaluate import METRICS
-    from lep_plugin.evaluation.report import HEADERS, comparison_figure
+    from lep_plugin.evaluation.report import LOWER_IS_BETTER, TITLES, comparison_figure
 
     fig = comparison_figure(records)
-    axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == [HEADERS[m] for m in METRICS]
     texts = list(records[0]["texts"])
-    for ax, metric in zip(axes, METRICS):
+    empty = [m for m in METRICS if all(math.isnan(r["texts"][t][m]) or r["texts"][t][m] == 0 for r in records for t in texts)]
+    shown = [m for m in METRICS if m not in empty]
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == [
+        f"{TITLES[m]} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)" for m in shown
+    ]
+    assert len(axes) <= 6 and fig.get_size_inches()[0] <= 14  # a grid that fits a screen, not one long row
+    for ax, metric in zip(axes, shown):
         assert [t.get_text() for t in ax.get_xticklabels()] == texts
-        assert len(ax.containers) == len(records)
-        for container, record in zip(ax.containers, records):
+        assert len([c for c in ax.containers if c.get_label()]) == len(records)
+        bars = [c for c in ax.containers if hasattr(c, "patches")]
+        for container, record in zip(bars, records):
             assert container.get_label() == record["model"]
             expected = [record["texts"][t][metric] for t in texts]
-            heights = [bar.get_height() for bar in container]
-            assert heights == pytest.approx([0.0 if math.isnan(v) else v for v in expected])
-    legend = axes[0].get_legend()
+            assert [bar.get_height() for bar in container] == pytest.approx([0.0 if math.isnan(v) else v for v in expected])
+        written = {t.get_text() for t in ax.texts}
+        assert all(f"{record['texts'][t][metric]:.3f}" in written for record in records for t in texts)
+    if empty:
+        assert all(TITLES[m] in fig._suptitle.get_text() for m in empty)
+    (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [r["model"] for r in records]
+    return fig
 
 
 @pytest.mark.parametrize("case", ["missing_model", "empty_text"])

@@ -102,10 +102,19 @@ def test_conversion_matches_dense_reference_and_chats(mistral_trio, tmp_path, ca
     assert not list(tmp_path.glob(".out.tmp-*"))
 
 
-def test_all_methods_with_residual_comparison(mistral_trio, tmp_path):
+def test_all_methods_with_residual_comparison(mistral_trio, tmp_path, capsys):
     out = tmp_path / "all"
+    capsys.readouterr()
     main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out), "--method", "all"])
     report = json.loads((out / "lep_merge.json").read_text())
+    # the summary tells the methods apart (6 significant digits) and recommends one from the fits
+    summary = capsys.readouterr().out
+    conversion = report["fits"]["input"]["conversion"]["residual_on_conversion"]
+    assert f"conversion fit {conversion:.6g}" in summary and len(f"{conversion:.6g}") > 6
+    scores = {m: sum(report["fits"][r][m]["residual_on_conversion"] for r in ("input", "output")) for m in report["methods"]}
+    best = min(scores, key=scores.get)
+    assert report["recommendation"].startswith(f"recommendation: {best} – the lowest residual on the conversion system")
+    assert report["recommendation"] in summary
     for method in ("swap", "overlap", "conversion"):
         _check_output(out / method, mistral_trio, method)
     for role in ("input", "output"):

@@ -1,4 +1,5 @@
-"""Vocabulary building (LEP step 1) on real tokenizers and the shared corpora."""
+"""Vocabulary building (LEP step 1) on real tokenizers and the shared corpora: every method on every
+family's tokenizer layout (specials inside the BPE vocabulary, or appended after it)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ import json
 
 import pytest
 import torch
+from _family_helpers import ALL_LAYOUTS
 from fixtures import EN_HELDOUT, RU_HELDOUT, read_texts
 
-from lep_plugin.common.tokenizers import load_tokenizer, read_manifest, tokenizer_json
+from lep_plugin.common.tokenizers import (
+    load_tokenizer,
+    read_manifest,
+    tokenizer_json,
+    tokenizer_style,
+)
 from lep_plugin.math.operator import apply_operator
 from lep_plugin.vocab.build import build_vocabulary
 from lep_plugin.vocab.operator import token_pieces, vocabulary_operator
@@ -20,19 +27,37 @@ METHODS = {
     "extend": VocabOptions(method="extend", vocab_size=6000),
     "optimize": VocabOptions(method="optimize", vocab_size=6000, keep=12000),
 }
-STYLES = ["mistral", "tekken"]
+# mistral (v1) and mistral-v3 (SentencePiece), tekken, gemma: specials inside the BPE vocabulary;
+# llama3, qwen (byte-level) and phi3 (SentencePiece): specials appended after it as added tokens
+LAYOUTS = ALL_LAYOUTS
+CHAT = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
+
+
+class Built:
+    """The old tokenizer of each layout and its new ones, each loaded once."""
+
+    def __init__(self, olds, dirs):
+        self.olds, self.dirs, self._loaded = olds, dirs, {}
+
+    def load(self, path):
+        if path not in self._loaded:
+            self._loaded[path] = load_tokenizer(path)
+        return self._loaded[path]
+
+    def pair(self, layout, method):
+        return self.load(self.olds[layout]), self.load(self.dirs[layout, method])
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, request, ru_corpus_small, mistral_tokenizer, tekken_tokenizer):
-    """All methods × both tokenizer styles, built once for the module."""
+def built(tmp_path_factory, ru_corpus_small, family_layouts):
+    """All methods × all layouts, built once for the module."""
     root = tmp_path_factory.mktemp("vocab")
-    olds = {"mistral": mistral_tokenizer, "tekken": tekken_tokenizer}
+    olds = {layout: family_layouts.get(layout) for layout in LAYOUTS}
     out = {}
-    for style in STYLES:
+    for layout in LAYOUTS:
         for method, options in METHODS.items():
-            out[style, method] = build_vocabulary(olds[style], [ru_corpus_small], options, root / f"{style}-{method}")
-    return olds, out
+            out[layout, method] = build_vocabulary(olds[layout], [ru_corpus_small], options, root / f"{layout}-{method}")
+    return Built(olds, out)
 
 
 @pytest.fixture(scope="module")
@@ -40,54 +65,77 @@ def heldout_texts():
     return read_texts(RU_HELDOUT) + read_texts(EN_HELDOUT)
 
 
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_lossless_on_every_heldout_document(built, heldout_texts, style, method):
-    _, out = built
-    tok = load_tokenizer(out[style, method])
+def test_lossless_on_every_heldout_document(built, heldout_texts, layout, method):
+    _, tok = built.pair(layout, method)
     backend = tok.backend_tokenizer
     encodings = backend.encode_batch(heldout_texts, add_special_tokens=False)
     decoded = backend.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
     broken = [i for i, (a, b) in enumerate(zip(heldout_texts, decoded)) if a != b]
-    assert not broken, f"{len(broken)} documents do not round-trip, first: {heldout_texts[broken[0]][:80]!r}"
+    assert not broken, f"{len(broken)} of {len(heldout_texts)} documents do not round-trip, first: {heldout_texts[broken[0]][:80]!r}"
 
 
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_old_pipeline_and_special_tokens_survive(built, style, method):
-    olds, out = built
-    old, new = load_tokenizer(olds[style]), load_tokenizer(out[style, method])
+def test_old_pipeline_and_special_tokens_survive(built, layout, method):
+    old, new = built.pair(layout, method)
     old_spec, new_spec = tokenizer_json(old), tokenizer_json(new)
     for part in ("normalizer", "pre_tokenizer", "decoder"):
         assert new_spec[part] == old_spec[part]
+    # every special and added token kept, in the old order, with its flags
     assert [t["content"] for t in new_spec["added_tokens"]] == [t["content"] for t in old_spec["added_tokens"]]
-    assert (new.bos_token, new.eos_token, new.unk_token, new.pad_token) == (old.bos_token, old.eos_token, old.unk_token, old.pad_token)
+    assert [t["special"] for t in new_spec["added_tokens"]] == [t["special"] for t in old_spec["added_tokens"]]
+    # ids run 0..len-1, no holes, and every added token's id is its string's
+    vocab = new.get_vocab()
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    assert all(vocab[t["content"]] == t["id"] < len(vocab) for t in new_spec["added_tokens"])
+    names = ("bos_token", "eos_token", "unk_token", "pad_token")
+    assert [getattr(new, n) for n in names] == [getattr(old, n) for n in names]
+    for name in names:
+        if getattr(new, name) is not None:
+            assert new.convert_ids_to_tokens(getattr(new, name + "_id")) == getattr(new, name)
     assert new.chat_template == old.chat_template and new.model_max_length == old.model_max_length
-    # BOS insertion by the post-processor, with the new id of BOS
-    assert new("привет")["input_ids"][0] == new.bos_token_id == new.convert_tokens_to_ids(old.bos_token)
-    chat = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
-    assert new.apply_chat_template(chat, tokenize=False) == old.apply_chat_template(chat, tokenize=False)
-    manifest = read_manifest(out[style, method])
+    # the post-processor inserts what it did (BOS, with its new id), or nothing (Qwen)
+    ids, plain = new("привет")["input_ids"], new("привет", add_special_tokens=False)["input_ids"]
+    if old.bos_token is not None:
+        assert ids == [new.bos_token_id] + plain
+    else:
+        assert ids == plain
+    # the chat template renders the same text, and each marker in it is one token with its new id
+    text = new.apply_chat_template(CHAT, tokenize=False)
+    assert text == old.apply_chat_template(CHAT, tokenize=False)
+    chat_ids = new(text, add_special_tokens=False)["input_ids"]
+    markers = [t for t in new.added_tokens_decoder.values() if t.content in text]
+    assert markers, "the chat template uses no special token"
+    for marker in markers:
+        marker_id = new.convert_tokens_to_ids(marker.content)
+        assert new(marker.content, add_special_tokens=False)["input_ids"] == [marker_id]
+        assert chat_ids.count(marker_id) == text.count(marker.content)
+    # decoded as the old tokenizer decodes it (Phi-3's chat markers strip the newline after them)
+    assert new.decode(chat_ids) == old.decode(old(text, add_special_tokens=False)["input_ids"])
+    manifest = read_manifest(built.dirs[layout, method])
     assert manifest["method"] == method and manifest["new_vocab_size"] == len(new)
     assert len(manifest["corpus_fingerprint"]) == 16 and len(manifest["old_tokenizer_fingerprint"]) == 16
 
 
-@pytest.mark.parametrize("style", STYLES)
-def test_extend_keeps_every_old_id(built, style):
-    olds, out = built
-    old, new = load_tokenizer(olds[style]), load_tokenizer(out[style, "extend"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_extend_keeps_every_old_id(built, layout):
+    """Old ids, added and special tokens included (Llama-3's 256 appended specials), mean the same token;
+    the new tokens come after the last old id."""
+    old, new = built.pair(layout, "extend")
     old_vocab, new_vocab = old.get_vocab(), new.get_vocab()
-    assert all(new_vocab[t] == i for t, i in old_vocab.items())
+    assert {t: new_vocab.get(t) for t in old_vocab} == old_vocab
+    assert sorted(i for t, i in new_vocab.items() if t not in old_vocab) == list(range(len(old), len(new)))
     assert len(new) > len(old) + 1000
-    assert read_manifest(out[style, "extend"])["new_tokens"] == len(new) - len(old)
+    assert read_manifest(built.dirs[layout, "extend"])["new_tokens"] == len(new) - len(old)
 
 
-@pytest.mark.parametrize("style", STYLES)
-def test_optimize_keeps_frequent_tokens_and_bytes(built, style):
-    olds, out = built
-    old, new = load_tokenizer(olds[style]), load_tokenizer(out[style, "optimize"])
-    manifest = read_manifest(out[style, "optimize"])
-    assert manifest["kept_old_tokens"] <= 12000
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_optimize_keeps_frequent_tokens_and_bytes(built, layout):
+    old, new = built.pair(layout, "optimize")
+    manifest = read_manifest(built.dirs[layout, "optimize"])
+    assert manifest["kept_old_tokens"] <= 12000  # appended specials counted in
     new_vocab = new.get_vocab()
     # the most frequent old Russian pieces survive; rare old (e.g. CJK) pieces are dropped
     ru = " ".join(read_texts(RU_HELDOUT, 20))
@@ -95,21 +143,23 @@ def test_optimize_keeps_frequent_tokens_and_bytes(built, style):
     top = torch.bincount(torch.tensor(ids)).topk(50).indices.tolist()
     assert all(old.convert_ids_to_tokens(i) in new_vocab for i in top)
     assert len(new) < len(old)
-    assert all(t["content"] in new_vocab for t in tokenizer_json(old)["added_tokens"])
+    # every special and added token kept, special ones still special
+    old_added = {t.content: t.special for t in old.added_tokens_decoder.values()}
+    assert {t.content: t.special for t in new.added_tokens_decoder.values() if t.content in old_added} == old_added
     # every byte stays encodable: the byte-fallback tokens (SentencePiece) or the byte-level alphabet
     from tokenizers import pre_tokenizers
 
-    bytes_ = [f"<0x{i:02X}>" for i in range(256)] if style == "mistral" else pre_tokenizers.ByteLevel.alphabet()
+    sentencepiece = tokenizer_style(tokenizer_json(old)) == "sentencepiece"
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)] if sentencepiece else pre_tokenizers.ByteLevel.alphabet()
     assert len(bytes_) == 256 and all(b in new_vocab for b in bytes_)
     rare = "\u2603\U0001F600 ⅏ 𝔘"  # snowman, emoji, rare symbols: only bytes can spell them
     assert new.decode(new(rare, add_special_tokens=False)["input_ids"]) == rare
 
 
-@pytest.mark.parametrize("style", STYLES)
-def test_pieces_spell_each_new_token(built, style):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pieces_spell_each_new_token(built, layout):
     """T's decomposition is exact: the old pieces of every new token decode to that token's text."""
-    olds, out = built
-    old, new = load_tokenizer(olds[style]), load_tokenizer(out[style, "bpe"])
+    old, new = built.pair(layout, "bpe")
     pieces = token_pieces(new, old)
     for new_id in range(len(new)):
         token = new.convert_ids_to_tokens(new_id)
@@ -118,8 +168,7 @@ def test_pieces_spell_each_new_token(built, style):
 
 def test_operator_equals_per_token_loop(built):
     """Vectorised T·old against a direct per-token average, including untrained old rows."""
-    olds, out = built
-    old, new = load_tokenizer(olds["mistral"]), load_tokenizer(out["mistral", "extend"])
+    old, new = built.pair("mistral", "extend")
     torch.manual_seed(0)
     old_rows = torch.randn(len(old), 16)
     old_rows[5:40] = 0.0  # never-trained rows: left out of the averages
@@ -129,8 +178,9 @@ def test_operator_equals_per_token_loop(built):
     fallback = old_rows[trained].mean(0)
     model = old.backend_tokenizer.model
     vocab = old.get_vocab()
-    for new_id in list(range(0, len(new), 37)) + list(range(len(new), len(new) + 7)):
-        token = new.convert_ids_to_tokens(new_id) if new_id < len(new) else None
+    size = len(new)  # computed from the whole vocabulary on each call
+    for new_id in list(range(0, size, 37)) + list(range(size, size + 7)):
+        token = new.convert_ids_to_tokens(new_id) if new_id < size else None
         ids = [] if token is None else ([vocab[token]] if token in vocab else [t.id for t in model.tokenize(token)])
         ids = [i for i in ids if trained[i]]
         expected = old_rows[ids].mean(0) if ids else fallback
@@ -138,8 +188,7 @@ def test_operator_equals_per_token_loop(built):
 
 
 def test_position_weighting_favours_later_pieces(built):
-    olds, out = built
-    old, new = load_tokenizer(olds["mistral"]), load_tokenizer(out["mistral", "bpe"])
+    old, new = built.pair("mistral", "bpe")
     mean = vocabulary_operator(new, old).to_dense()
     position = vocabulary_operator(new, old, weighting="position").to_dense()
     pieces = token_pieces(new, old)
@@ -155,13 +204,11 @@ def test_convert_checkpoint_streams_and_initialises(built, tiny_mistral, tmp_pat
     shards untouched."""
     import hashlib
 
-    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lep_plugin.cli.lep import main
 
-    _, out = built
-    new_dir = out["mistral", "extend"]
+    new_dir = built.dirs["mistral", "extend"]
     target = tmp_path / "converted"
     main(["vocab", "convert", "--model", str(tiny_mistral), "--tokenizer", str(new_dir), "--output", str(target), "--pad-to-multiple-of", "64"])
     old_model = AutoModelForCausalLM.from_pretrained(tiny_mistral)

@@ -51,7 +51,7 @@ def eval_command(models: tuple[Path, ...], options: EvalOptions, json_out: Path 
             check_output_file(out, force=True)
             check_no_overlap(out, inputs)
     tasks = load_tasks(options.text, options)
-    settings = EvalSettings(**{k: getattr(options, k) for k in EvalSettings.model_fields})
+    settings = EvalSettings.of(options)
     records = []
     for path, name in zip(models, model_names(list(models))):
         model, tokenizer = load_model(path, options.device, options.dtype)

@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "eval": "lep_plugin.cli.eval:eval_command",
     "data": "lep_plugin.cli.data:data",
     "demo": "lep_plugin.cli.demo:demo",
+    "check": "lep_plugin.cli.check:check",
+    "tiny": "lep_plugin.cli.tiny:tiny",
+    "export": "lep_plugin.cli.export:export",
 }
 
 

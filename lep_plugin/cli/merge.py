@@ -19,7 +19,8 @@ import pydantic
 from pydantic import Field, create_model
 
 from lep_plugin.cli.options import options_from_model, run_cli
-from lep_plugin.errors import LEPError, describe_validation_error
+from lep_plugin.common.fs import read_yaml_mapping
+from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.propagation.options import MergeOptions
 
 YAML_SECTION = "lep_merge"
@@ -43,33 +44,27 @@ _MergeFlags = create_model(
 )
 
 
-def read_yaml_settings(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LEPError(f"config file {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise LEPError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LEPError(f"config file {path} must hold a mapping of settings")
-    if YAML_SECTION in data:
-        data = data[YAML_SECTION]
-        if not isinstance(data, dict):
-            raise LEPError(f"`{YAML_SECTION}:` in {path} must be a mapping of settings")
-    return data
+def read_yaml_settings(path: Path) -> tuple[dict[str, Any], str]:
+    """The settings in a YAML file and where they are in it (``lep_merge`` or the top level: "")."""
+    data = read_yaml_mapping(path)
+    if YAML_SECTION not in data:
+        return data, ""
+    if not isinstance(data[YAML_SECTION], dict):
+        raise LEPError(f"`{YAML_SECTION}:` in {path} must be a mapping of settings")
+    return data[YAML_SECTION], YAML_SECTION
 
 
 def merge_options(config: Path | None, flags: pydantic.BaseModel) -> MergeOptions:
-    """MergeOptions from the YAML file (if any) overridden by the flags given on the command line."""
-    values = read_yaml_settings(config) if config is not None else {}
+    """MergeOptions from the YAML file (if any) overridden by the flags given on the command line; a
+    problem is named as a YAML key when there is a file, as a flag otherwise."""
+    values, section = read_yaml_settings(config) if config is not None else ({}, "")
     values = {**values, **flags.model_dump(exclude_none=True)}
     try:
         return MergeOptions(**values)
     except pydantic.ValidationError as err:
         where = f" in {config}" if config is not None else ""
-        raise LEPError(f"invalid settings{where}: {describe_validation_error(err)}") from None
+        with settings_named("yaml" if config is not None else "flag", section):
+            raise LEPError(f"invalid settings{where}: {describe_validation_error(err, MergeOptions)}") from None
 
 
 def _run(config: Path | None, options: pydantic.BaseModel) -> None:

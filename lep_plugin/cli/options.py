@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 import pydantic
 
-from lep_plugin.errors import LEPError, describe_validation_error
+from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -58,7 +58,8 @@ def options_from_model(model: type[pydantic.BaseModel], exclude: tuple[str, ...]
             try:
                 options = model(**values)
             except pydantic.ValidationError as err:
-                raise click.UsageError(describe_validation_error(err)) from None
+                with settings_named("flag"):
+                    raise click.UsageError(describe_validation_error(err, model)) from None
             return command(*args, options=options, **kwargs)
 
         for name in reversed(names):
@@ -70,24 +71,42 @@ def options_from_model(model: type[pydantic.BaseModel], exclude: tuple[str, ...]
             else:
                 decl = [flag]
             default_text = None if field.is_required() else field.default
+            # required: click marks it in --help and names the flag when it is missing; otherwise no default
+            # of click's own, so the model's default applies (and is shown in the help text)
+            no_default = {} if field.is_required() else {"default": None}
             wrapper = click.option(
                 *decl,
                 name,
                 type=None if ctype is bool else ctype,
                 multiple=multiple,
-                default=None,
-                required=False,
+                required=field.is_required(),
                 help=(field.description or "") + (f"  [default: {default_text}]" if default_text not in (None, []) else ""),
+                **no_default,
             )(wrapper)
         return wrapper
 
     return decorate
 
 
+# Known third-party start-up noise that is not a warning to our users: torchao's optional CUDA kernels
+# failing to load on a CPU machine, torch's notice about torchao registering enums with pytree, and
+# bitsandbytes' optional 4-bit CPU kernel from the Hub (LEP never uses 4-bit layers).
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops")
+
+
+def quiet_third_party() -> None:
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run_cli(group: click.Command, argv: list[str] | None = None) -> None:
     """Run a click command; an :class:`LEPError` becomes ``error: ...`` on stderr and exit code 2."""
+    quiet_third_party()
     try:
-        group.main(args=argv, standalone_mode=False)
+        with settings_named("flag"):
+            group.main(args=argv, standalone_mode=False)
     except LEPError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

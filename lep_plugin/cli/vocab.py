@@ -25,6 +25,7 @@ def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options
     """Train a new vocabulary on CORPUS in the style of the old tokenizer."""
     from lep_plugin.common.tokenizers import read_manifest
     from lep_plugin.vocab.build import build_vocabulary
+    from lep_plugin.vocab.report import few_new_tokens_warning
 
     build_vocabulary(old, list(corpus), options, output, force)
     manifest = read_manifest(output)
@@ -32,6 +33,9 @@ def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options
         f"wrote {output}: {manifest['method']} vocabulary of {manifest['new_vocab_size']:,} tokens "
         f"(old: {manifest['old_vocab_size']:,})"
     )
+    warning = few_new_tokens_warning(manifest)
+    if warning:
+        click.echo(warning, err=True)
 
 
 @vocab.command("import")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lep_plugin.errors import LEPError
+from lep_plugin.errors import LEPError, setting_name
 
 
 def expand_corpus(patterns: Iterable[str | os.PathLike]) -> list[Path]:
@@ -63,7 +63,7 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
                     except json.JSONDecodeError:
                         raise LEPError(f"{path}:{number}: not valid JSON") from None
                     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                        raise LEPError(f"{path}:{number}: no string field {text_field!r} (set --text-field)")
+                        raise LEPError(f"{path}:{number}: no string field {text_field!r} (set {setting_name('text_field')})")
                     yield record[text_field]
             else:
                 paragraph: list[str] = []

@@ -27,6 +27,21 @@ def read_json(path: Path, what: str) -> Any:
         raise LEPError(f"{what} {path} is not valid JSON: {err}") from None
 
 
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping (an Axolotl config, a lep-merge settings file); one clear error if not."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LEPError(f"{what} {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise LEPError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LEPError(f"{what} {path} must hold a mapping of settings")
+    return data
+
+
 def write_json(path: Path, content: Any) -> None:
     """``content`` as indented UTF-8 JSON (non-ASCII kept readable), for files inside an atomic dir."""
     Path(path).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

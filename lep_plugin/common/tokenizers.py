@@ -167,3 +167,10 @@ def token_counts(tok, texts: Iterable[str], batch_size: int = 128) -> TokenCount
     if batch:
         flush()
     return TokenCounts(characters, words, tokens)
+
+
+def chars_per_token_change(old_tok, new_tok, texts: list[str]) -> dict[str, float]:
+    """Characters per token of ``texts`` under the old and the new tokenizer, and how many times fewer
+    tokens the new one needs (the number LEP is for)."""
+    old, new = token_counts(old_tok, texts), token_counts(new_tok, texts)
+    return {"old": old.chars_per_token, "new": new.chars_per_token, "gain": old.tokens / max(new.tokens, 1)}

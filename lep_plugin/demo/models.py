@@ -30,13 +30,10 @@ from lep_plugin.common.corpus import iter_texts
 
 
 def _config(tok, hidden: int, layers: int):
-    from transformers import LlamaConfig
+    from lep_plugin.demo.families import tiny_config
 
-    return LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-    )
+    return tiny_config("llama", tok, hidden, layers, intermediate_size=hidden * 3, max_position_embeddings=1024,
+                       pad_token_id=tok.eos_token_id)
 
 
 def _lr_factor(step: int, elapsed: float, seconds: float, warmup: int) -> float:

@@ -57,6 +57,12 @@ class EvalSettings(BaseModel):
     bpc_chars: int = Field(20_000, ge=0, description="Characters of held-out text scored for bits per character (0: skip).")
     bpc_window: int = Field(1024, ge=2, description="Token window of the bits-per-character pass (context resets at each window).")
     text_field: str = Field("text", description="Field of .jsonl text files holding the text.")
+    log_samples: bool = Field(True, description="Keep every prompt, reference, output and score in the result (like lm-eval's --log_samples).")
+
+    @classmethod
+    def of(cls, options: BaseModel) -> EvalSettings:
+        """The evaluation settings inside a larger options model (``lep eval``'s, the callback's)."""
+        return cls(**options.model_dump(include=set(cls.model_fields)))
 
 
 def load_tasks(paths: Sequence[Path], settings: EvalSettings) -> list[CopyTasks]:
@@ -89,14 +95,31 @@ def _count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
+def _copy_score(tokenizer, kind: str, prediction: str, reference: str) -> float:
+    if kind == "sentence":
+        return metrics.sentence_copy_score(_count_tokens(tokenizer, prediction), _count_tokens(tokenizer, reference))
+    return metrics.paragraph_copy_score(prediction, reference)
+
+
+def chance_score(tokenizer, kind: str, references: Sequence[str]) -> float:
+    """The score of answering every sample with *another* sample's text (the next one): what the metric
+    gives a fluent but wrong answer of a typical length, on the same samples. A copy score means little
+    until it is clearly above this."""
+    if len(references) < 2:
+        return math.nan
+    wrong = list(references[1:]) + list(references[:1])
+    return metrics.mean([_copy_score(tokenizer, kind, w, r) for w, r in zip(wrong, references)])
+
+
 def copy_task_scores(model, tokenizer, tasks: CopyTasks, settings: EvalSettings, style: Literal["base", "chat"]) -> dict[str, Any]:
-    """Sentence and paragraph copy scores and characters per generated token on one file's samples."""
+    """Sentence and paragraph copy scores, their chance levels, characters per generated token and (if
+    ``settings.log_samples``) every prompt, reference and output, on one file's samples."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     stop = set(eos_token_ids(model, tokenizer))
     if style == "base":
         stop |= newline_token_ids(tokenizer)
     gen_chars = gen_tokens = 0
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"chance": {}, "log": []}
     jobs = [("sentence", tasks.sentences, settings.max_new_tokens_sentence)]
     if settings.paragraphs:
         jobs.append(("paragraph", tasks.paragraphs, settings.max_new_tokens_paragraph))
@@ -104,16 +127,18 @@ def copy_task_scores(model, tokenizer, tasks: CopyTasks, settings: EvalSettings,
         prompts = [copy_prompt_ids(tokenizer, s, style, tasks.shots) for s in sources]
         outputs = greedy_generate(model, prompts, limit, stop, pad_id, settings.batch_size)
         scores = []
-        for source, tokens in zip(sources, outputs):
+        for source, prompt, tokens in zip(sources, prompts, outputs):
             prediction = _clean_prediction(tokenizer, tokens, style)
-            predicted_tokens = _count_tokens(tokenizer, prediction)
             gen_chars += len(prediction)
-            gen_tokens += predicted_tokens
-            if kind == "sentence":
-                scores.append(metrics.sentence_copy_score(predicted_tokens, _count_tokens(tokenizer, source)))
-            else:
-                scores.append(metrics.paragraph_copy_score(prediction, source))
+            gen_tokens += _count_tokens(tokenizer, prediction)
+            scores.append(_copy_score(tokenizer, kind, prediction, source))
+            if settings.log_samples:
+                result["log"].append({
+                    "task": f"{kind}_copy", "prompt": tokenizer.decode(prompt), "reference": source,
+                    "output": prediction, "score": scores[-1],
+                })
         result[f"{kind}_copy"] = metrics.mean(scores)
+        result["chance"][f"{kind}_copy"] = chance_score(tokenizer, kind, sources)
     if not settings.paragraphs:
         result["paragraph_copy"] = math.nan
     result["gen_chars_per_token"] = metrics.chars_per_token(gen_chars, gen_tokens)
@@ -195,7 +220,9 @@ def evaluate_model(model, tokenizer, tasks: Sequence[CopyTasks], settings: EvalS
                 bits_per_char(model, tokenizer, task.heldout, settings.bpc_window, settings.batch_size) if settings.bpc_chars else math.nan
             )
             row["samples"] = {"sentences": len(task.sentences), "paragraphs": len(task.paragraphs) if settings.paragraphs else 0}
-            per_text[task.label] = {k: row[k] for k in (*METRICS, "samples")}
+            per_text[task.label] = {k: row[k] for k in (*METRICS, "chance", "samples")}
+            if settings.log_samples:
+                per_text[task.label]["log"] = row["log"]
     return {
         "model": name,
         "prompt_style": style,

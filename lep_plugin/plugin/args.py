@@ -18,7 +18,7 @@ the same block earlier (before any dataset or model is touched) with :func:`pars
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from lep_plugin.errors import LEPError, describe_validation_error
+from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.vocab.options import (
     ConvertOptions,
     VocabMethod,
@@ -45,6 +45,7 @@ class VocabSection(VocabOptions, ConvertOptions):
     :class:`VocabOptions`) from ``corpus``, or a ready ``tokenizer`` dir – and how embeddings get it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    REFERENCE_ORDER: ClassVar[tuple[str, ...]] = ("tokenizer", "method", "corpus", "vocab_size", "keep")
 
     tokenizer: str | None = Field(
         default=None, description="a ready HF tokenizer dir to use as the new vocabulary (instead of building one)"
@@ -55,7 +56,8 @@ class VocabSection(VocabOptions, ConvertOptions):
     corpus: list[str] | None = Field(default=None, description="target-language .jsonl/.txt files or globs")
     cache_dir: str | None = Field(
         default=None,
-        description="where built vocabularies are kept (default: beside Axolotl's dataset_prepared_path)",
+        description="where built vocabularies are kept, each in a dir `lep-vocab-<hash of old tokenizer, corpus "
+        "and options>` (default: Axolotl's `dataset_prepared_path`, else `last_run_prepared`)",
     )
 
     @field_validator("corpus", mode="before")
@@ -104,7 +106,7 @@ class LEPConfig(BaseModel):
     )
     # Options of the training-time evaluation callback: a dict here, validated by
     # lep_plugin.plugin.eval_callback.EvalCallbackOptions in register() (so the two evolve separately).
-    eval: dict[str, Any] | None = Field(default=None, description="training-time evaluation (see eval_callback)")
+    eval: dict[str, Any] | None = Field(default=None, description="copy tasks and bits per character every N steps, into the trainer's logs")
 
     @model_validator(mode="after")
     def _new_rows_needs_new_tokens(self):
@@ -174,7 +176,8 @@ def parse_lep_block(data: dict[str, Any]) -> LEPConfig | None:
         try:
             config = LEPConfig.model_validate(dict(raw) if isinstance(raw, dict) else raw)
         except ValidationError as err:
-            raise LEPError(f"invalid `lep:` block: {describe_validation_error(err, 'lep')}") from None
+            with settings_named("yaml", "lep"):
+                raise LEPError(f"invalid `lep:` block: {describe_validation_error(err, LEPConfig)}") from None
     conflicts = yaml_conflicts(data)
     if conflicts:
         raise LEPError(conflicts[0])

@@ -13,16 +13,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from transformers import TrainerCallback
 
 from lep_plugin.common.fs import write_text_atomic
+from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.evaluation.evaluate import (
     EvalSettings,
     evaluate_model,
     flat_metrics,
     load_tasks,
 )
+from lep_plugin.evaluation.tasks import PromptStyle
 
 HISTORY_FILE = "lep_eval_history.json"
 LOG_PREFIX = "lep_eval/"
@@ -36,6 +38,21 @@ class EvalCallbackOptions(EvalSettings):
     at_start: bool = Field(False, description="Also evaluate before the first step (the starting point of the curves).")
     at_end: bool = Field(True, description="Also evaluate after the last step if it is not a multiple of every_n_steps.")
     samples: int = Field(8, ge=1, description="Sentences and paragraphs sampled per text file.")
+    prompt_style: PromptStyle = Field(
+        "base",
+        description="The model in training is a base model: 'base' asks with plain few-shot prompts even when "
+        "its tokenizer has a chat template; 'chat' or 'auto' to train a chat model.",
+    )
+    log_samples: bool = Field(False, description="Keep every prompt and output in lep_eval_history.json (it grows with every evaluation).")
+
+
+def eval_options(options: dict[str, Any]) -> EvalCallbackOptions:
+    """``lep.eval`` validated by the callback's own model (errors name the YAML key)."""
+    try:
+        return EvalCallbackOptions.model_validate(options)
+    except ValidationError as err:
+        with settings_named("yaml", "lep.eval"):
+            raise LEPError(f"invalid `lep.eval:` block: {describe_validation_error(err, EvalCallbackOptions)}") from None
 
 
 class LEPEvalCallback(TrainerCallback):
@@ -48,7 +65,7 @@ class LEPEvalCallback(TrainerCallback):
 
     def __init__(self, options: EvalCallbackOptions, tokenizer, output_dir: str | os.PathLike, trainer=None):
         self.options = options
-        self.settings = EvalSettings(**{k: getattr(options, k) for k in EvalSettings.model_fields})
+        self.settings = EvalSettings.of(options)
         self.tokenizer = tokenizer
         self.output_dir = Path(output_dir)
         self.trainer = trainer
@@ -104,9 +121,9 @@ class LEPEvalCallback(TrainerCallback):
 
 
 def build_eval_callback(
-    eval_options: EvalCallbackOptions | dict[str, Any], tokenizer, output_dir: str | os.PathLike, trainer=None
+    options: EvalCallbackOptions | dict[str, Any], tokenizer, output_dir: str | os.PathLike, trainer=None
 ) -> LEPEvalCallback:
     """The callback for ``add_callbacks_post_trainer``; pass ``trainer`` so results reach W&B/TensorBoard."""
-    if not isinstance(eval_options, EvalCallbackOptions):
-        eval_options = EvalCallbackOptions.model_validate(eval_options)
-    return LEPEvalCallback(eval_options, tokenizer, output_dir, trainer=trainer)
+    if not isinstance(options, EvalCallbackOptions):
+        options = eval_options(options)
+    return LEPEvalCallback(options, tokenizer, output_dir, trainer=trainer)

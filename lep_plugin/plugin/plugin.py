@@ -27,22 +27,46 @@ LEP vocabulary (its dir has ``lep_vocab.json``) is neither re-vocabularised nor 
 
 from __future__ import annotations
 
-import shutil
+import functools
+import sys
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
-from lep_plugin.common.distributed import gathered, is_main, rank
-from lep_plugin.common.tokenizers import MANIFEST
+from lep_plugin.common.distributed import gathered, is_main, rank, world_size
+from lep_plugin.common.fs import write_json
+from lep_plugin.common.tokenizers import MANIFEST, read_manifest
+from lep_plugin.errors import settings_named
 from lep_plugin.plugin.args import LEPConfig, parse_lep_block
 from lep_plugin.plugin.distributed import cpu_device_map, init_gloo_for_cpu_deepspeed
+from lep_plugin.plugin.eval_callback import eval_options
 from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
+from lep_plugin.vocab.report import few_new_tokens_warning
 
 
 def _log(message: str) -> None:
     # Axolotl reconfigures logging per module; print keeps the plugin's decisions visible in every rank.
     print(f"[lep rank {rank()}] {message}", flush=True)
+
+
+def _user_errors(hook):
+    """A bad setting or input found in a hook is one ``error:`` line and exit code 2, not a traceback
+    between Axolotl's and the launcher's (the launcher then only reports the exit code)."""
+
+    @functools.wraps(hook)
+    def wrapper(*args, **kwargs):
+        from lep_plugin.errors import LEPError, LEPExit
+
+        try:
+            return hook(*args, **kwargs)
+        except LEPExit:
+            raise
+        except LEPError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise LEPExit(str(err)) from None
+
+    return wrapper
 
 
 def _unwrap(model):
@@ -53,16 +77,16 @@ def _unwrap(model):
 
 
 class ManifestCallback(TrainerCallback):
-    """Copies ``lep_vocab.json`` into every checkpoint (the trainer already saves the tokenizer there)."""
+    """Writes ``lep_vocab.json`` into every checkpoint (the trainer already saves the tokenizer there)."""
 
-    def __init__(self, manifest: Path):
+    def __init__(self, manifest: dict):
         self.manifest = manifest
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                shutil.copyfile(self.manifest, checkpoint / MANIFEST)
+                write_json(checkpoint / MANIFEST, self.manifest)
         return control
 
 
@@ -78,25 +102,12 @@ class RunInfoCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         from lep_plugin.checkpoints.model_config import embedding_parameters
 
-        if model is not None:
+        if model is not None and world_size() > 1:  # one process has nothing to compare with
             params = embedding_parameters(_unwrap(model))
             with gathered(params, modifier_rank=None):
                 checksum = sum(float(p.detach().double().abs().sum()) for p in params)
             _log(f"embedding checksum {checksum:.6f}")
         return control
-
-
-def eval_options(options: dict):
-    """``lep.eval`` validated by the evaluation callback's own model (errors name the key)."""
-    from pydantic import ValidationError
-
-    from lep_plugin.errors import LEPError, describe_validation_error
-    from lep_plugin.plugin.eval_callback import EvalCallbackOptions
-
-    try:
-        return EvalCallbackOptions.model_validate(options)
-    except ValidationError as err:
-        raise LEPError(f"invalid `lep.eval:` block: {describe_validation_error(err, 'lep.eval')}") from None
 
 
 class LEPPlugin(BasePlugin):
@@ -112,6 +123,7 @@ class LEPPlugin(BasePlugin):
         return "lep_plugin.plugin.args.LEPArgs"
 
     # 1 ------------------------------------------------------------------------------------------------
+    @_user_errors
     def register(self, cfg: dict):
         self.config = parse_lep_block(cfg)
         self.plan = None
@@ -124,12 +136,16 @@ class LEPPlugin(BasePlugin):
             self.eval_options = eval_options(self.config.eval)
         if self.config.vocab is None:
             return
-        self.plan = plan_vocabulary(cfg, self.config.vocab)
+        with settings_named("yaml", "lep.vocab"):
+            self.plan = plan_vocabulary(cfg, self.config.vocab)
+            warning = few_new_tokens_warning(read_manifest(self.plan.new_tokenizer) or {})
         cfg["tokenizer_config"] = str(self.plan.new_tokenizer)
         _log(
             f"vocabulary {self.plan.new_tokenizer} ({'built' if self.plan.built else 'reused'}, "
             f"fingerprint {self.plan.fingerprint})"
         )
+        if warning:
+            _log(warning)
 
     # 2 ------------------------------------------------------------------------------------------------
     def load_datasets(self, cfg, preprocess: bool = False):
@@ -140,6 +156,7 @@ class LEPPlugin(BasePlugin):
         return None  # Axolotl loads and tokenizes the datasets itself
 
     # 3 ------------------------------------------------------------------------------------------------
+    @_user_errors
     def post_model_build(self, cfg, model):
         if self.plan is None or self.plan.already_converted:
             return
@@ -158,36 +175,49 @@ class LEPPlugin(BasePlugin):
         _log(f"embeddings converted to the new vocabulary: {len(old_tok)} -> {len(new_tok)} tokens, {rows} rows")
 
     # 4 ------------------------------------------------------------------------------------------------
+    @_user_errors
     def post_model_load(self, cfg, model):
-        self._freeze(model)
+        self._freeze(model, report=True)
 
     # 5 ------------------------------------------------------------------------------------------------
+    @_user_errors
     def add_callbacks_post_trainer(self, cfg, trainer):
         if self.config is None:
             return []
         callbacks = [RunInfoCallback()]
         if self.plan is not None:
-            callbacks.append(ManifestCallback(self.plan.new_tokenizer / MANIFEST))
+            callbacks.append(ManifestCallback(self.output_manifest()))
         if self.eval_options is not None:
             from lep_plugin.plugin.eval_callback import build_eval_callback
 
             tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
-            callbacks.append(build_eval_callback(self.eval_options, tokenizer, cfg["output_dir"], trainer=trainer))
+            with settings_named("yaml", "lep.eval"):
+                callbacks.append(build_eval_callback(self.eval_options, tokenizer, cfg["output_dir"], trainer=trainer))
         return callbacks
 
+    @_user_errors
     def post_trainer_create(self, cfg, trainer):
-        self._freeze(trainer.model)
+        self._freeze(trainer.model, report=False)  # re-asserted on the trainer's model; said once already
 
     # 6 ------------------------------------------------------------------------------------------------
+    @_user_errors
     def post_train(self, cfg, model):
         if self.plan is None or not is_main():
             return
         output = Path(cfg["output_dir"])
         if output.is_dir():
-            shutil.copyfile(self.plan.new_tokenizer / MANIFEST, output / MANIFEST)
+            write_json(output / MANIFEST, self.output_manifest())
+            from lep_plugin.publish.outputs import finish_training_output
+
+            finish_training_output(cfg, self.plan, _log)  # model card and original_tokenizer/
+
+    def output_manifest(self) -> dict:
+        """The vocabulary's manifest plus what this run trained: ``lep-merge`` reads it to know, without
+        comparing every tensor, that the transformer body is the base model's."""
+        return {**read_manifest(self.plan.new_tokenizer), "plugin": {"train": self.config.train}}
 
     # ------------------------------------------------------------------------------------------------
-    def _freeze(self, model) -> None:
+    def _freeze(self, model, report: bool) -> None:
         if self.config is None or self.config.train == "off":
             return
         from lep_plugin.plugin.freezing import (
@@ -205,6 +235,8 @@ class LEPPlugin(BasePlugin):
             rows = full_rows(model.get_input_embeddings().weight)
             mask = new_token_rows(load_tokenizer(self.plan.new_tokenizer), load_tokenizer(self.plan.old_tokenizer), rows)
             mask_old_rows(model, mask)
-            _log(f"training {int(mask.sum())} new-token rows of {', '.join(names)}; everything else frozen")
+            message = f"training {int(mask.sum())} new-token rows of {', '.join(names)}; everything else frozen"
         else:
-            _log(f"training {', '.join(names)} only; everything else frozen")
+            message = f"training {', '.join(names)} only; everything else frozen"
+        if report:
+            _log(message)

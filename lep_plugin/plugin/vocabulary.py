@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,61 +109,78 @@ def check_special_tokens(new_tok, old_tok, where: str) -> None:
         )
 
 
-def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
-    """Decide (and if needed build) the new tokenizer dir. Exactly one process builds it."""
+@dataclass(frozen=True)
+class VocabTarget:
+    """Where the new vocabulary of a YAML lives, found without building it (``lep check`` stops here)."""
+
+    old_dir: Path  # local dir of the base model's tokenizer
+    target: Path  # the content-addressed vocabulary dir (may not exist yet)
+    build: Callable[[Path], None] | None  # writes ``target``; None when the base model already carries it
+    describe: str  # what the vocabulary is, for messages
+
+
+def locate_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabTarget:
+    """The old tokenizer, the new vocabulary's cache dir and how to build it; reads but writes nothing."""
     old_source = old_tokenizer_source(cfg)
+    old_dir = _local_dir(old_source)
     if read_manifest_if_dir(model_source(cfg)) is not None:
         # The base model is already an LEP output: training again, `axolotl inference` or `merge-lora` on
         # it must neither build a vocabulary on top of the new one nor convert its embeddings twice.
-        old_dir = _local_dir(old_source)
-        tok = load_tokenizer(old_dir)
-        LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", rank(), old_dir)
-        return VocabPlan(old_dir, old_dir, fingerprint_tokenizer(tok), built=False, already_converted=True)
-    old_dir = _local_dir(old_source)
-
+        return VocabTarget(old_dir, old_dir, None, "the base model's own LEP vocabulary")
     old_tok = load_tokenizer(old_dir)
     old_fp = fingerprint_tokenizer(old_tok)
     root = cache_root(cfg, section)
-    root.mkdir(parents=True, exist_ok=True)
-
     if section.tokenizer is not None:
-        ready = Path(section.tokenizer)
-        new_tok = load_tokenizer(ready)
-        check_special_tokens(new_tok, old_tok, f"{ready}")
-        new_fp = fingerprint_tokenizer(new_tok)
-        target = root / f"{CACHE_PREFIX}{_digest('ready', old_fp, new_fp)}"
-        # Copied into the content-addressed cache so that Axolotl's dataset cache (keyed on the tokenizer
-        # path, not its contents) never reuses data tokenized with an edited ready dir.
-        manifest = read_manifest(ready) or {
-            "method": "ready",
-            "source": str(ready.resolve()),
-            "old_tokenizer": old_source,
-            "old_tokenizer_fingerprint": old_fp,
-            "old_vocab_size": len(old_tok),
-            "new_vocab_size": len(new_tok),
-        }
+        return _ready_vocabulary(Path(section.tokenizer), old_source, old_tok, old_fp, root, old_dir)
+    from lep_plugin.common.corpus import check_corpus, expand_corpus, fingerprint_files
+    from lep_plugin.vocab.build import build_vocabulary
 
-        def build(output: Path) -> None:
-            with atomic_output_dir(output) as tmp:
-                shutil.copytree(ready, tmp, dirs_exist_ok=True)
-                write_json(tmp / MANIFEST, manifest)
+    options = section.build_options()
+    files = expand_corpus(section.corpus or [])
+    check_corpus(files, options.text_field)
+    key = _digest("build", old_fp, fingerprint_files(files), options.model_dump_json())
 
-    else:
-        from lep_plugin.common.corpus import expand_corpus, fingerprint_files
-        from lep_plugin.vocab.build import build_vocabulary
+    def build(output: Path) -> None:
+        build_vocabulary(old_dir, files, options, output)
 
-        options = section.build_options()
-        files = expand_corpus(section.corpus or [])
-        corpus_fp = fingerprint_files(files)
-        key = _digest("build", old_fp, corpus_fp, options.model_dump_json())
-        target = root / f"{CACHE_PREFIX}{key}"
+    described = f"{options.method} vocabulary (vocab_size {options.vocab_size:,}) from {len(files)} corpus file(s)"
+    return VocabTarget(old_dir, root / f"{CACHE_PREFIX}{key}", build, described)
 
-        def build(output: Path) -> None:
-            build_vocabulary(old_dir, files, options, output)
 
-    built = _build_once(target, build)
-    new_tok = load_tokenizer(target)
-    return VocabPlan(old_dir, target, fingerprint_tokenizer(new_tok), built=built, already_converted=False)
+def _ready_vocabulary(ready: Path, old_source: str, old_tok, old_fp: str, root: Path, old_dir: Path) -> VocabTarget:
+    new_tok = load_tokenizer(ready)
+    check_special_tokens(new_tok, old_tok, f"{ready}")
+    # Copied into the content-addressed cache so that Axolotl's dataset cache (keyed on the tokenizer
+    # path, not its contents) never reuses data tokenized with an edited ready dir.
+    manifest = read_manifest(ready) or {
+        "method": "ready",
+        "source": str(ready.resolve()),
+        "old_tokenizer": old_source,
+        "old_tokenizer_fingerprint": old_fp,
+        "old_vocab_size": len(old_tok),
+        "new_vocab_size": len(new_tok),
+    }
+
+    def build(output: Path) -> None:
+        with atomic_output_dir(output) as tmp:
+            shutil.copytree(ready, tmp, dirs_exist_ok=True)
+            write_json(tmp / MANIFEST, manifest)
+
+    target = root / f"{CACHE_PREFIX}{_digest('ready', old_fp, fingerprint_tokenizer(new_tok))}"
+    return VocabTarget(old_dir, target, build, f"the ready tokenizer {ready} ({len(new_tok):,} tokens)")
+
+
+def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
+    """Decide (and if needed build) the new tokenizer dir. Exactly one process builds it."""
+    located = locate_vocabulary(cfg, section)
+    if located.build is None:
+        LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", rank(), located.old_dir)
+        tok = load_tokenizer(located.old_dir)
+        return VocabPlan(located.old_dir, located.old_dir, fingerprint_tokenizer(tok), built=False, already_converted=True)
+    located.target.parent.mkdir(parents=True, exist_ok=True)
+    built = _build_once(located.target, located.build)
+    new_tok = load_tokenizer(located.target)
+    return VocabPlan(located.old_dir, located.target, fingerprint_tokenizer(new_tok), built=built, already_converted=False)
 
 
 def _build_once(target: Path, build) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath
 
 from lep_plugin.math.operator import Weighting
+from lep_plugin.publish.card import check_eval_json
 
 MergeMethod = Literal["swap", "overlap", "conversion", "all"]
 
@@ -26,5 +27,11 @@ class MergeOptions(BaseModel):
     weighting: Weighting = Field(default="mean", description="vocabulary operator weights (conversion)")
     block_rows: int = Field(default=8192, ge=16, description="rows per block of the streamed fit")
     sample_text: Path | None = Field(default=None, description="text/.jsonl file to measure characters per token before/after")
+    eval_json: Annotated[FilePath, AfterValidator(check_eval_json)] | None = Field(default=None, description="`lep eval --json` file whose table goes into the model card (README.md)")
+    check_adapted: bool = Field(
+        default=True,
+        description="refuse an adapted model that is not an LEP embedding-only run: the base model's vocabulary, "
+        "or transformer layers that differ from the base's (--no-check-adapted merges it anyway)",
+    )
     force: bool = Field(default=False, description="replace an existing output dir")
     dry_run: bool = Field(default=False, description="print the plan and write nothing")

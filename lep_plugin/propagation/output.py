@@ -11,7 +11,7 @@ import torch
 
 from lep_plugin.checkpoints.model_config import write_config_files
 from lep_plugin.common.corpus import iter_texts
-from lep_plugin.common.tokenizers import token_counts
+from lep_plugin.common.tokenizers import chars_per_token_change
 from lep_plugin.errors import LEPError
 from lep_plugin.propagation.plan import Plan
 
@@ -70,16 +70,37 @@ def chars_per_token(plan: Plan) -> dict[str, float] | None:
     if not Path(path).is_file():
         raise LEPError(f"sample text {path} does not exist")
     texts = [t for _, t in zip(range(SAMPLE_TEXTS), iter_texts([Path(path)]))]
-    old, new = token_counts(plan.instruct_tok, texts), token_counts(plan.new_tok, texts)
-    return {"old": old.chars_per_token, "new": new.chars_per_token, "gain": old.tokens / max(new.tokens, 1)}
+    return chars_per_token_change(plan.instruct_tok, plan.new_tok, texts)
+
+
+def recommendation(report: dict[str, Any]) -> str | None:
+    """One line: which written method to use, from the fits. Every method's P is scored on the widest
+    system fitted (conversion: every new token; else overlap), input and output residuals summed; the
+    lowest wins, ties go to conversion (the paper's default, best or near-best in its tables)."""
+    methods = report["methods"]
+    if len(methods) < 2:
+        return None
+    first = next(iter(report["fits"].values()))
+    system = next((s for s in ("conversion", "overlap") if f"residual_on_{s}" in first[methods[0]]), None)
+    if system is None:
+        return None
+    key = f"residual_on_{system}"
+    score = {m: sum(fits[m][key] for fits in report["fits"].values()) for m in methods}
+    best = min(methods, key=lambda m: (round(score[m], 12), m != "conversion"))
+    others = ", ".join(f"{m} {score[m]:.6g}" for m in methods if m != best)
+    return f"recommendation: {best} – the lowest residual on the {system} system ({score[best]:.6g}; {others}), summed over the matrices"
 
 
 def summary_text(report: dict[str, Any], output: Path) -> str:
     lines = [f"lep-merge: wrote {output} ({report['output_bytes'] / 1e9:.2f} GB) in {report['seconds']:.1f} s"]
     for role, fits in report["fits"].items():
         for method, values in fits.items():
-            res = ", ".join(f"{k.removeprefix('residual_on_')} fit {v:.4f}" for k, v in values.items() if k.startswith("residual"))
+            # 6 significant digits: methods often differ only in the third or fourth
+            res = ", ".join(f"{k.removeprefix('residual_on_')} fit {v:.6g}" for k, v in values.items() if k.startswith("residual"))
             lines.append(f"  {method:10s} {role:6s} relative residual: {res or 'n/a'}")
+    advice = report.get("recommendation")
+    if advice:
+        lines.append(f"  {advice}")
     cpt = report.get("chars_per_token")
     if cpt:
         lines.append(f"  characters per token: {cpt['old']:.2f} -> {cpt['new']:.2f} ({cpt['gain']:.2f}x fewer tokens)")

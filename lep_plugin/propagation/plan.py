@@ -17,7 +17,7 @@ from lep_plugin.checkpoints.model_config import (
     load_config,
 )
 from lep_plugin.common.fs import check_no_overlap, check_output_dir
-from lep_plugin.common.tokenizers import load_tokenizer
+from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
 from lep_plugin.errors import LEPError
 from lep_plugin.propagation.methods import methods_of
 from lep_plugin.propagation.options import MergeOptions
@@ -128,6 +128,8 @@ def plan_merge(options: MergeOptions) -> Plan:
     matrices = [_matrix(role, models, old_tok, new_tok, new_tok_dir) for role in _roles(models["instruct"].names)]
     if len({m.shapes["adapted"][0] for m in matrices}) != 1:
         raise LEPError("adapted input and output embeddings have different numbers of rows")
+    if options.check_adapted:
+        check_adapted(models, old_tok, new_tok)
     added = _added_tokens(instruct_tok, new_tok)
     out_rows = max([matrices[0].shapes["adapted"][0], len(new_tok)] + [a.new_id + 1 for a in added])
     notes = [f"{role} read from {models[role].weights_dir}" for role in ("base", "adapted") if models[role].weights_dir != models[role].given]
@@ -200,6 +202,42 @@ def _tokenizers(options: MergeOptions, models: dict[str, Model]):
         raise LEPError("base and instruct have different old vocabularies (their tokenizers differ beyond added tokens)")
     new_tok_dir = _tokenizer_dir(options.adapted_tokenizer, adapted.weights_dir, adapted.given)
     return instruct_tok, old_tok, new_tok_dir, load_tokenizer(new_tok_dir)
+
+
+PLUGIN_NOT_LOADED = "was `plugins: [lep_plugin.LEPPlugin]` in its YAML? (--no-check-adapted merges it anyway)"
+
+
+def check_adapted(models: dict[str, Model], old_tok, new_tok) -> None:
+    """Refuse an adapted model that an LEP run did not make: Axolotl silently drops the ``lep:`` block of
+    a YAML that does not load the plugin, and then trains every weight with the old vocabulary."""
+    adapted, base = models["adapted"], models["base"]
+    if new_tok.backend_tokenizer.get_vocab(with_added_tokens=False) == old_tok.backend_tokenizer.get_vocab(with_added_tokens=False):
+        raise LEPError(f"adapted {adapted.given} has the base model's vocabulary ({len(old_tok):,} tokens), not a new one: {PLUGIN_NOT_LOADED}")
+    manifest = read_manifest(adapted.weights_dir) or read_manifest(adapted.given) or {}
+    if manifest.get("plugin", {}).get("train") in ("embeddings", "new_rows"):
+        return  # the plugin froze the body itself: no need to compare every tensor
+    changed = first_changed_tensor(base, adapted)
+    if changed is not None:
+        raise LEPError(
+            f"adapted {adapted.given}: transformer tensor {changed} differs from the base model's, but LEP trains "
+            f"only the embeddings: {PLUGIN_NOT_LOADED}"
+        )
+
+
+def first_changed_tensor(base: Model, adapted: Model) -> str | None:
+    """The first non-embedding tensor of ``base`` whose value ``adapted`` does not have (streamed)."""
+    embeddings = {base.names.input, base.names.output}
+    for name in base.checkpoint.stored_names():
+        if name in embeddings:
+            continue
+        try:
+            stored = resolve_name(adapted.checkpoint, name, "adapted")
+        except LEPError:
+            return name
+        original = base.checkpoint.get(name)
+        if not torch.equal(adapted.checkpoint.get(stored).to(original.dtype), original):
+            return name
+    return None
 
 
 def _roles(names: EmbeddingNames) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from lep_plugin.propagation.methods import METHODS, SYSTEMS, FitSystem, systems_
 from lep_plugin.propagation.options import MergeOptions
 from lep_plugin.propagation.output import (
     chars_per_token,
+    recommendation,
     summary_text,
     with_added_rows,
     write_tokenizer_and_configs,
@@ -57,6 +58,7 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
         results: dict[str, dict[str, Path]] = {method: {} for method in plan.methods}
         for matrix in plan.matrices:
             report["fits"][matrix.role] = _propagate(plan, matrix, systems, spill, results)
+        report["recommendation"] = recommendation(report)
         for method in plan.methods:
             target = tmp if len(plan.methods) == 1 else tmp / method
             target.mkdir(exist_ok=True)
@@ -162,3 +164,6 @@ def _write_model(plan: Plan, method: str, spilled: dict[str, Path], target: Path
         **{k: report[k] for k in ("inputs", "tied", "out_rows")},
     }
     (target / REPORT).write_text(json.dumps(method_report, indent=2) + "\n", encoding="utf-8")
+    from lep_plugin.publish.outputs import finish_merge_output
+
+    finish_merge_output(plan, method, target, report)  # model card, lep_vocab.json, original_tokenizer/

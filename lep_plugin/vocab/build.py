@@ -8,6 +8,11 @@ Four methods, one builder each (:data:`BUILDERS`):
 * ``optimize`` – keep the ``keep`` old tokens most frequent on the corpus (plus everything they are
   merged from, special/added and byte tokens), then extend.
 
+Special and added tokens sit either inside the BPE vocabulary (Mistral, Tekken, Gemma) or are appended
+after it as added tokens only (Llama-3's 256 specials, Qwen's ``<|endoftext|>`` ..., Phi-3's chat
+markers). Every method keeps them all: ``extend`` at their old ids, ``optimize`` in their old order among
+the kept tokens, ``bpe``/``unigram`` in front of (inside) or after (appended) the new model's ids.
+
 The new model is trained with the ``tokenizers`` library and dropped into the old ``tokenizer.json``
 pipeline (normalizer, pre-tokenizer, decoder, post-processor, added tokens), so the old behaviour around
 the vocabulary – BOS insertion, chat markers, byte fallback or byte-level alphabet – survives.
@@ -42,6 +47,7 @@ from lep_plugin.common.tokenizers import (
     tokenizer_style,
 )
 from lep_plugin.errors import LEPError
+from lep_plugin.vocab.merges import completed_merges
 from lep_plugin.vocab.options import VocabOptions
 
 Texts = Callable[[], Iterator[str]]  # the corpus, re-iterable
@@ -73,6 +79,10 @@ def build_vocabulary(
         return iter_texts(files, options.text_field, options.max_chars)
 
     new_spec, stats = BUILDERS[options.method](old, spec, style, texts, options)
+    if style == "sentencepiece" and new_spec["model"]["type"] == "BPE":
+        # tokenize as SentencePiece and llama.cpp do (see lep_plugin.vocab.merges)
+        model = new_spec["model"]
+        model["merges"] = [list(pair) for pair in completed_merges(model["vocab"], _merge_pairs(model["merges"]))]
     manifest = {
         "lep_plugin_version": version("lep-plugin"),
         "method": options.method,
@@ -148,9 +158,17 @@ def _train(spec: dict[str, Any], style: Style, texts: Texts, kind: str, size: in
 
 def _added_in_model(spec: dict[str, Any]) -> list[str]:
     """Added tokens that also live in the old model's vocabulary (Mistral's <unk>/<s>/</s>, Tekken's
-    1000 control tokens), in old id order: they keep their places at the front of the new vocabulary."""
+    1000 control tokens, Gemma's <bos> ... <end_of_turn>), in old id order: they keep their places at the
+    front of a whole new vocabulary."""
     vocab = _vocab_ids(spec["model"])
     return [t["content"] for t in sorted(spec.get("added_tokens", []), key=lambda t: t["id"]) if t["content"] in vocab]
+
+
+def _added_outside(spec: dict[str, Any]) -> dict[str, int]:
+    """Added tokens *appended* after the old model's vocabulary (Llama-3's 256 specials, Qwen's
+    <|endoftext|> ..., Phi-3's chat markers), with their old ids."""
+    vocab = _vocab_ids(spec["model"])
+    return {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["content"] not in vocab}
 
 
 def _vocab_ids(model: dict[str, Any]) -> dict[str, int]:
@@ -177,18 +195,24 @@ def _reserved(spec: dict[str, Any], style: Style) -> list[str]:
 
 
 def _finish(spec: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """Put ``model`` into the old pipeline; re-number added tokens and the post-processor's special ids."""
+    """Put ``model`` into the old pipeline; number the added tokens and the post-processor's special ids.
+
+    An added token inside ``model``'s vocabulary takes its id there; one outside it goes after the model's
+    ids, in old order. That is the only place the ``tokenizers`` library allows: it numbers an added token
+    the model lacks from the model's vocabulary size on, whatever id ``tokenizer.json`` gives it.
+    """
     new = copy.deepcopy(spec)
     new["model"] = model
     vocab = _vocab_ids(model)
     next_id = max(vocab.values()) + 1
-    for token in sorted(new.get("added_tokens", []), key=lambda t: t["id"]):
+    new["added_tokens"] = sorted(new.get("added_tokens", []), key=lambda t: t["id"])
+    for token in new["added_tokens"]:
         if token["content"] in vocab:
             token["id"] = vocab[token["content"]]
-        else:  # added tokens outside the model vocabulary (Llama-3's <|eot_id|> ...) go after it
+        else:
             token["id"] = next_id
             next_id += 1
-    ids = {t["content"]: t["id"] for t in new.get("added_tokens", [])} | vocab
+    ids = {t["content"]: t["id"] for t in new["added_tokens"]} | vocab
     _remap_post_processor(new.get("post_processor"), ids)
     return new
 
@@ -204,33 +228,30 @@ def _remap_post_processor(node: Any, ids: dict[str, int]) -> None:
             _remap_post_processor(value, ids)
 
 
-def _outside_added(spec: dict[str, Any]) -> int:
-    vocab = _vocab_ids(spec["model"])
-    return sum(t["content"] not in vocab for t in spec.get("added_tokens", []))
-
-
 def _whole_new(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
     """``bpe`` / ``unigram``: a whole new vocabulary of ``vocab_size`` tokens, old special/byte tokens first."""
     reserved = _reserved(spec, style)
-    train_size = options.vocab_size - len(reserved) - _outside_added(spec)
+    outside = _added_outside(spec)
+    train_size = options.vocab_size - len(reserved) - len(outside)
     alphabet_floor = 256 if style == "byte_level" else 0
     if train_size <= alphabet_floor:
         raise LEPError(
-            f"vocab_size {options.vocab_size} is too small: {len(reserved) + _outside_added(spec)} old special, added "
+            f"vocab_size {options.vocab_size} is too small: {len(reserved) + len(outside)} old special, added "
             f"and byte tokens are always kept{' and the byte-level alphabet needs 256' if alphabet_floor else ''}"
         )
     trained = _train(spec, style, texts, options.method, train_size, options)
     if options.method == "bpe":
         vocab = {t: i for i, t in enumerate(reserved)}
         for token in sorted(trained["vocab"], key=trained["vocab"].get):
-            vocab.setdefault(token, len(vocab))
+            if token not in outside:  # an appended added token stays one (it goes after the model's ids)
+                vocab.setdefault(token, len(vocab))
         model = {**spec["model"], "vocab": vocab, "merges": trained["merges"]} if spec["model"]["type"] == "BPE" else {
             "type": "BPE", "vocab": vocab, "merges": trained["merges"], "dropout": None, "unk_token": None,
             "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
             "byte_fallback": style == "sentencepiece", "ignore_merges": False,
         }
     else:
-        pieces = [(p, s) for p, s in trained["vocab"] if p not in set(reserved)]
+        pieces = [(p, s) for p, s in trained["vocab"] if p not in set(reserved) and p not in outside]
         floor = min((s for _, s in pieces), default=0.0) - 20.0  # reserved pieces: never chosen by Viterbi
         model = {
             "type": "Unigram",
@@ -242,24 +263,31 @@ def _whole_new(old, spec: dict[str, Any], style: Style, texts: Texts, options: V
 
 
 def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions, keep_ids: set[int] | None):
-    """The old vocabulary (all of it, or the ``keep_ids``) plus the target-language BPE's new tokens; new
-    merges first, then the old ones."""
+    """The old vocabulary (all of it, or the model ids ``keep_ids`` and every added token) plus the
+    target-language BPE's new tokens after the last old id; new merges first, then the old ones.
+
+    Old ids – of the model's tokens and of the added tokens appended after them – are one id space:
+    ``extend`` keeps it as it is, ``optimize`` keeps its order and closes it up. New tokens come after it,
+    so appended tokens (Llama-3's 256 specials, Qwen's ``<|endoftext|>`` ...) are no longer at the end:
+    they join the model's vocabulary at their ids, as Tekken's control tokens sit in its own (no merge makes
+    them, and the added-token list still marks them special), and Llama-3's ``<|begin_of_text|>`` is
+    128,000 before and after, the new tokens starting at 128,256.
+    """
     if spec["model"]["type"] != "BPE":
         raise LEPError(f"method {options.method!r} needs a BPE tokenizer, this one is {spec['model']['type']}")
     old_vocab: dict[str, int] = spec["model"]["vocab"]
+    outside = _added_outside(spec)
     old_merges = _merge_pairs(spec["model"]["merges"])
     if keep_ids is None:
-        kept = dict(old_vocab)
+        kept = old_vocab | outside
         merges = old_merges
     else:
-        order = sorted((i, t) for t, i in old_vocab.items() if i in keep_ids)
+        order = sorted([(i, t) for t, i in old_vocab.items() if i in keep_ids] + [(i, t) for t, i in outside.items()])
         kept = {t: n for n, (_, t) in enumerate(order)}
         merges = [(a, b) for a, b in old_merges if a in kept and b in kept and a + b in kept]
     added = {t["content"] for t in spec.get("added_tokens", [])}
     trained = _train(spec, style, texts, "bpe", options.vocab_size, options)
-    next_id = (max(old_vocab.values()) + 1) if keep_ids is None else len(kept)
-    if keep_ids is None:  # appended after every old id, added tokens included: old ids keep their meaning
-        next_id = max([next_id] + [t["id"] + 1 for t in spec.get("added_tokens", [])])
+    next_id = max(kept.values()) + 1
     vocab = dict(kept)
     new_tokens = 0
     for token in sorted(trained["vocab"], key=trained["vocab"].get):
@@ -280,18 +308,23 @@ def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOpti
 
 def _most_frequent(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions) -> set[int]:
     """Old model-vocabulary ids to keep: the most frequent on the corpus, closed under merges, always with
-    special/added tokens and the byte alphabet, ``options.keep`` in all."""
+    special/added tokens and the byte alphabet; ``options.keep`` in all, counting the added tokens appended
+    after the model's vocabulary (always kept, outside it)."""
     vocab: dict[str, int] = spec["model"]["vocab"]
-    if options.keep > len(vocab):
-        raise LEPError(f"keep {options.keep} is larger than the old vocabulary ({len(vocab)} tokens)")
+    appended = len(_added_outside(spec))
+    if options.keep > len(vocab) + appended:
+        raise LEPError(f"keep {options.keep} is larger than the old vocabulary ({len(vocab) + appended} tokens)")
     from tokenizers import pre_tokenizers
 
     forced_tokens = _reserved(spec, style)
     if style == "byte_level":
         forced_tokens += [c for c in pre_tokenizers.ByteLevel.alphabet() if c in vocab]
     forced = {vocab[t] for t in forced_tokens if t in vocab}
-    if options.keep < len(forced):
-        raise LEPError(f"keep {options.keep} is smaller than the {len(forced)} special, added and byte tokens always kept")
+    budget = options.keep - appended  # for the model's own tokens
+    if budget < len(forced):
+        raise LEPError(
+            f"keep {options.keep} is smaller than the {len(forced) + appended} special, added and byte tokens always kept"
+        )
 
     counts = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
     backend = old.backend_tokenizer
@@ -321,13 +354,13 @@ def _most_frequent(old, spec: dict[str, Any], style: Style, texts: Texts, option
     in_vocab = np.zeros(counts.size, dtype=bool)
     in_vocab[list(vocab.values())] = True
     for token in np.lexsort((np.arange(counts.size), -counts)):  # most frequent first, ties by lowest id
-        if len(kept) >= options.keep:
+        if len(kept) >= budget:
             break
         token = int(token)
         if token in kept or not in_vocab[token]:
             continue
         need = closure(token)
-        if len(kept) + len(need) <= options.keep:
+        if len(kept) + len(need) <= budget:
             kept |= need
     return kept
 

@@ -29,8 +29,7 @@ from lep_plugin.checkpoints.writer import write_weights
 from lep_plugin.common.distributed import gathered, is_zero3_param
 from lep_plugin.common.fs import atomic_output_dir, check_no_overlap, check_output_dir
 from lep_plugin.common.tokenizers import load_tokenizer
-from lep_plugin.math.operator import apply_operator
-from lep_plugin.vocab.operator import padded_size, vocabulary_operator
+from lep_plugin.vocab.operator import initial_rows, padded_size, vocabulary_operator
 from lep_plugin.vocab.options import ConvertOptions
 
 # files of a tokenizer dir that are not part of the tokenizer (a model dir used as the tokenizer source)
@@ -47,7 +46,7 @@ def convert_embeddings(model, new_tok, old_tok, options: ConvertOptions = Conver
         old = [p.detach().clone() if is_zero3_param(p) else p.detach() for p in params]
     rows = padded_size(len(new_tok), options.pad_to_multiple_of)
     operator = vocabulary_operator(new_tok, old_tok, options.weighting, rows, old[0].shape[0])
-    new = [apply_operator(operator, matrix) for matrix in old]
+    new = [initial_rows(operator, matrix, len(old_tok)) for matrix in old]
     del old
     with torch.no_grad():
         model.resize_token_embeddings(rows, mean_resizing=False)
@@ -79,11 +78,11 @@ def convert_checkpoint(
     rows = padded_size(len(new_tok), options.pad_to_multiple_of)
     operator = vocabulary_operator(new_tok, old_tok, options.weighting, rows, old_rows)  # refuses too few rows
 
-    replacements = {input_name: apply_operator(operator, checkpoint.get(input_name))}
+    replacements = {input_name: initial_rows(operator, checkpoint.get(input_name), len(old_tok))}
     if not names.tied:
         output_name = resolve_name(checkpoint, names.output, "model")
         # a loader: the old lm_head is read only when its shard is written
-        replacements[output_name] = lambda: apply_operator(operator, checkpoint.get(output_name))
+        replacements[output_name] = lambda: initial_rows(operator, checkpoint.get(output_name), len(old_tok))
 
     with atomic_output_dir(output, force) as tmp:
         written = write_weights(checkpoint, tmp, replacements)

@@ -72,7 +72,9 @@ def mistral_common_file(name: str) -> Path:
     """Path of a tokenizer file shipped inside the ``mistral-common`` package."""
     import importlib.resources
 
-    path = Path(str(importlib.resources.files("mistral_common"))) / "data" / name
+    data = Path(str(importlib.resources.files("mistral_common"))) / "data"
+    path = data / name
     if not path.is_file():
-        raise LEPError(f"mistral-common does not ship {name}")
+        shipped = sorted(p.name for p in data.iterdir() if p.suffix in (".json", ".model") or ".model." in p.name)
+        raise LEPError(f"mistral-common does not ship {name} (it ships: {', '.join(shipped)})")
     return path

@@ -13,7 +13,12 @@ import torch
 
 from lep_plugin.common.tokenizers import tokenizer_json, tokenizer_style
 from lep_plugin.errors import LEPError
-from lep_plugin.math.operator import Weighting, build_operator
+from lep_plugin.math.operator import (
+    Weighting,
+    apply_operator,
+    build_operator,
+    trained_rows,
+)
 
 
 def token_pieces(new_tok, old_tok) -> list[list[int]]:
@@ -52,6 +57,19 @@ def vocabulary_operator(
         raise LEPError(f"{num_rows} rows cannot hold the new tokenizer's {len(pieces)} ids")
     pieces += [[] for _ in range(num_rows - len(pieces))]
     return build_operator(pieces, num_old_rows, weighting)
+
+
+def initial_rows(operator: torch.Tensor, old: torch.Tensor, old_ids: int) -> torch.Tensor:
+    """``T · old`` (LEP step 2) with only the first ``old_ids`` rows – the old tokenizer's – ever averaged.
+
+    Rows past the tokenizer are padding (Qwen2.5 pads 151,665 ids to 151,936 rows, Phi-3 32,011 to
+    32,064): no token, never trained as one, yet of ordinary norm. T never names them as a token's piece,
+    and they are also kept out of the fallback (the mean of trained rows) that a row with nothing to
+    average gets.
+    """
+    trained = trained_rows(old)
+    trained[old_ids:] = False
+    return apply_operator(operator, old, trained)
 
 
 def padded_size(size: int, multiple: int | None) -> int:

@@ -18,6 +18,27 @@ from lep_plugin.common.tokenizers import (
     tokenizer_json,
     tokenizer_style,
 )
+from lep_plugin.errors import setting_name
+
+# fewer new tokens than this share of the old vocabulary: the vocabulary change is almost no change
+FEW_NEW_TOKENS = 0.01
+
+
+def few_new_tokens_warning(manifest: dict) -> str | None:
+    """A warning when an ``extend``/``optimize`` vocabulary added almost nothing (a ``vocab_size`` far too
+    small trains a BPE that is mostly the alphabet the old vocabulary already has)."""
+    new_tokens = manifest.get("new_tokens")
+    if manifest.get("method") not in ("extend", "optimize") or new_tokens is None:
+        return None
+    old = int(manifest.get("old_vocab_size") or 0)
+    if new_tokens >= max(1, FEW_NEW_TOKENS * old):
+        return None
+    size = manifest.get("options", {}).get("vocab_size")
+    return (
+        f"warning: {setting_name('vocab_size')} {size} added only {new_tokens} new token(s) to the old {old:,} "
+        f"(under {FEW_NEW_TOKENS:.0%}): it is the size of the target-language BPE, most of whose first tokens the old "
+        "vocabulary already has; use thousands (the paper: 32,000 to 64,000)"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""``lep check CONFIG.yml``: what an Axolotl YAML will do with LEP, checked before a long run.
+
+Every problem the plugin would meet at ``register()`` – and the one it cannot see, a ``lep:`` block in a
+YAML that does not load the plugin (Axolotl then drops the block without a word and trains every weight
+with the old vocabulary) – is found here in seconds, as one line, without loading a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lep_plugin.common.fs import read_yaml_mapping
+from lep_plugin.errors import LEPError, settings_named
+
+PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
+TRAINED = {
+    "embeddings": "the input embedding and lm_head matrices; every other weight frozen",
+    "new_rows": "only the rows of new tokens in the input embedding and lm_head; everything else frozen",
+    "off": "whatever the rest of the YAML says (the plugin does not freeze anything)",
+}
+
+
+def check_config(path: Path) -> list[str]:
+    """One line per finding of a YAML that is ready to train; a problem is a :class:`LEPError`."""
+    from lep_plugin.plugin.args import parse_lep_block
+
+    cfg = read_yaml_mapping(path)
+    plugins = cfg.get("plugins") or []
+    if "lep" not in cfg:
+        raise LEPError(f"{path} has no `lep:` block: nothing for LEP to do")
+    if not any(name in plugins for name in PLUGIN_NAMES):
+        raise LEPError(
+            f"{path} has a `lep:` block but does not load the plugin: add `plugins: [lep_plugin.LEPPlugin]` "
+            "(without it Axolotl drops the block silently and trains every weight with the old vocabulary)"
+        )
+    config = parse_lep_block(cfg)
+    lines = ["plugin: lep_plugin.LEPPlugin is loaded; the `lep:` block is valid"]
+    if config.vocab is not None:
+        lines += _vocabulary_lines(cfg, config)
+    else:
+        lines.append("vocabulary: none (the base model's own vocabulary is trained)")
+    lines.append(f"trains: {TRAINED[config.train]} (lep.train: {config.train})")
+    if config.eval is not None:
+        lines.append(_eval_line(config.eval))
+    return lines
+
+
+def _vocabulary_lines(cfg: dict[str, Any], config) -> list[str]:
+    from lep_plugin.plugin.vocabulary import locate_vocabulary
+
+    with settings_named("yaml", "lep.vocab"):
+        located = locate_vocabulary(cfg, config.vocab)
+    state = "exists, will be reused" if (located.target / "lep_vocab.json").is_file() else "will be built at the start of the run"
+    return [
+        f"old tokenizer: {located.old_dir}",
+        f"vocabulary: {located.describe}",
+        f"vocabulary dir: {located.target} ({state})",
+    ]
+
+
+def _eval_line(options: dict[str, Any]) -> str:
+    from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+    from lep_plugin.plugin.eval_callback import eval_options
+
+    validated = eval_options(options)
+    with settings_named("yaml", "lep.eval"):
+        tasks = load_tasks(validated.texts, EvalSettings.of(validated))
+    return f"evaluation: every {validated.every_n_steps} steps on {', '.join(t.label for t in tasks)} ({validated.prompt_style} prompts)"
