@@ -50,11 +50,9 @@ PROMPTS = [
 
 
 def _texts(path: Path, limit: int | None = None) -> list[str]:
-    from itertools import islice
+    from lep_plugin.common.corpus import first_texts
 
-    from lep_plugin.common.corpus import iter_texts
-
-    return list(islice(iter_texts([path]), limit))
+    return first_texts([path], limit)
 
 
 def _tiny_mistral(tok_dir: Path, out: Path, seed: int) -> Path:

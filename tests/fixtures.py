@@ -3,7 +3,6 @@ random models saved as sharded safetensors with those tokenizers."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -49,13 +48,9 @@ def build_tiny_model(
 
 
 def read_texts(path: Path, limit: int | None = None) -> list[str]:
-    texts = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            texts.append(json.loads(line)["text"])
-            if limit and len(texts) >= limit:
-                break
-    return texts
+    from lep_plugin.common.corpus import first_texts
+
+    return first_texts([path], limit)
 
 
 def write_corpus_slice(path: Path, out: Path, docs: int) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -77,6 +78,11 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
                     yield "".join(paragraph).rstrip("\n")
     except UnicodeDecodeError as err:
         raise LEPError(f"corpus file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def first_texts(files: Iterable[Path], limit: int | None, text_field: str = "text") -> list[str]:
+    """The first ``limit`` documents of ``files`` (all of them when ``limit`` is None)."""
+    return list(itertools.islice(iter_texts(files, text_field), limit))
 
 
 def check_corpus(files: list[Path], text_field: str = "text") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ def old_tokenizer_source(cfg: dict[str, Any]) -> str:
     ``register()`` on this config (Ray workers register again): the old tokenizer is then the model's.
     """
     configured = cfg.get("tokenizer_config")
-    if configured and not (Path(str(configured)).name.startswith(CACHE_PREFIX) and read_manifest_if_dir(configured)):
+    if configured and not (Path(str(configured)).name.startswith(CACHE_PREFIX) and read_manifest(configured)):
         return str(configured)
     return model_source(cfg)
 
@@ -74,10 +73,6 @@ def _local_dir(source: str) -> Path:
         return Path(snapshot_download(source, allow_patterns=["tokenizer*", "special_tokens_map.json", "*.jinja"]))
     except Exception as err:  # hub errors have many types
         raise LEPError(f"cannot get the tokenizer of {source!r}: {err}") from err
-
-
-def read_manifest_if_dir(directory: str | os.PathLike) -> dict[str, Any] | None:
-    return read_manifest(directory) if Path(directory).is_dir() else None
 
 
 def cache_root(cfg: dict[str, Any], section: VocabSection) -> Path:
@@ -123,7 +118,7 @@ def locate_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabTarget
     """The old tokenizer, the new vocabulary's cache dir and how to build it; reads but writes nothing."""
     old_source = old_tokenizer_source(cfg)
     old_dir = _local_dir(old_source)
-    if read_manifest_if_dir(model_source(cfg)) is not None:
+    if read_manifest(model_source(cfg)) is not None:
         # The base model is already an LEP output: training again, `axolotl inference` or `merge-lora` on
         # it must neither build a vocabulary on top of the new one nor convert its embeddings twice.
         return VocabTarget(old_dir, old_dir, None, "the base model's own LEP vocabulary")

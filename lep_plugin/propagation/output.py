@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lep_plugin.checkpoints.model_config import write_config_files
-from lep_plugin.common.corpus import iter_texts
+from lep_plugin.common.corpus import first_texts
 from lep_plugin.common.tokenizers import chars_per_token_change
 from lep_plugin.errors import LEPError
 from lep_plugin.propagation.plan import Plan
@@ -69,7 +69,7 @@ def chars_per_token(plan: Plan) -> dict[str, float] | None:
         return None
     if not Path(path).is_file():
         raise LEPError(f"sample text {path} does not exist")
-    texts = [t for _, t in zip(range(SAMPLE_TEXTS), iter_texts([Path(path)]))]
+    texts = first_texts([Path(path)], SAMPLE_TEXTS)
     return chars_per_token_change(plan.instruct_tok, plan.new_tok, texts)
 
 

@@ -136,17 +136,10 @@ def trainer_state(run_dir: Path | None) -> dict[str, Any] | None:
 
 def corpus_texts(files: list[str], limit: int = CARD_TEXTS, text_field: str = "text") -> list[str] | None:
     """Up to ``limit`` documents of the files that exist (None if none does)."""
-    from lep_plugin.common.corpus import iter_texts
+    from lep_plugin.common.corpus import first_texts
 
     paths = [Path(f) for f in files if Path(f).is_file()]
-    if not paths:
-        return None
-    texts = []
-    for text in iter_texts(paths, text_field):
-        texts.append(text)
-        if len(texts) >= limit:
-            break
-    return texts or None
+    return (first_texts(paths, limit, text_field) or None) if paths else None
 
 
 @dataclass(frozen=True)
