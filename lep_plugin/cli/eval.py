@@ -11,6 +11,7 @@ import click
 from pydantic import Field
 
 from lep_plugin.cli.options import options_from_model
+from lep_plugin.common.devices import DEVICE_PATTERN
 from lep_plugin.common.fs import check_no_overlap, check_output_file, write_text_atomic
 from lep_plugin.evaluation.evaluate import EvalSettings
 
@@ -19,7 +20,7 @@ class EvalOptions(EvalSettings):
     """Options of ``lep eval``: the evaluation settings plus where the text and the models are."""
 
     text: list[Path] = Field(..., description="Held-out text file(s), .jsonl (a text field) or .txt; repeat for several languages.")
-    device: str | None = Field(None, description="Torch device (default: cuda if available, else cpu).")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype of the loaded models.")
 
 

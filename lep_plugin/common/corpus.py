@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from lep_plugin.common.fs import read_json, write_text_atomic
 from lep_plugin.errors import LEPError, setting_name
 
 
@@ -92,12 +93,45 @@ def check_corpus(files: list[Path], text_field: str = "text") -> None:
             raise LEPError(f"corpus file {path} contains no text")
 
 
-def fingerprint_files(files: Iterable[Path]) -> str:
-    """Content hash of the corpus files (names excluded, order included)."""
+def corpus_fingerprint(
+    files: Iterable[Path], text_field: str = "text", max_chars: int | None = None, memo_dir: Path | None = None
+) -> str:
+    """Content hash of what a vocabulary build reads from ``files``: every byte of them, or – with
+    ``max_chars`` – only the texts up to that limit (a 40 GB corpus read to 20 M characters is hashed
+    as far as it is read).
+
+    With ``memo_dir`` the hash is kept in a small file there, keyed by the files' paths, sizes and
+    modification times, and computed under a file lock: the first process of a launch hashes, the other
+    ranks (and every later start or resume) read the memo.
+    """
+    files = [Path(f) for f in files]
+    if memo_dir is None:
+        return _hash_corpus(files, text_field, max_chars)
+    from filelock import FileLock
+
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha256(json.dumps([stats, text_field, max_chars]).encode()).hexdigest()[:16]
+    memo = Path(memo_dir) / f"lep-corpus-{key}.json"
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(memo) + ".lock"):
+        if memo.is_file():
+            return read_json(memo, "corpus fingerprint memo")["fingerprint"]
+        fingerprint = _hash_corpus(files, text_field, max_chars)
+        record = {"fingerprint": fingerprint, "files": stats, "text_field": text_field, "max_chars": max_chars}
+        write_text_atomic(memo, json.dumps(record, indent=2))
+    return fingerprint
+
+
+def _hash_corpus(files: list[Path], text_field: str, max_chars: int | None) -> str:
     digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
+    if max_chars is None:
+        for path in files:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            digest.update(b"\0")
+    else:
+        for text in iter_texts(files, text_field, max_chars):
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\0")
     return digest.hexdigest()[:16]

@@ -40,6 +40,24 @@ def is_zero3_param(param: torch.Tensor) -> bool:
     return hasattr(param, "ds_id")
 
 
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """A tensor sharded by FSDP2 (``fully_shard``) or tensor parallelism: a DTensor."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def forward_needs_all_ranks(model: torch.nn.Module) -> bool:
+    """Whether a forward pass is a collective: several ranks and parameters partitioned across them
+    (ZeRO-3 or FSDP), so no rank can run the model alone."""
+    return world_size() > 1 and any(is_zero3_param(p) or is_dtensor(p) for p in model.parameters())
+
+
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (a collective: every rank calls it), the tensor itself otherwise."""
+    return param.full_tensor() if is_dtensor(param) else param
+
+
 def full_rows(param: torch.Tensor) -> int:
     """Rows of the whole matrix, also when this rank holds only a ZeRO-3 shard of it."""
     return int(param.ds_shape[0]) if is_zero3_param(param) else int(param.shape[0])

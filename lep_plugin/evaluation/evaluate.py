@@ -248,9 +248,13 @@ def check_model_dir(path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: str = "auto"):
-    """(model, tokenizer) of an HF causal-LM dir; one clear error if it is not one."""
+    """(model, tokenizer) of an HF causal-LM dir on ``device`` (see ``common.devices``); one clear error if
+    it is not one."""
     from transformers import AutoModelForCausalLM
 
+    from lep_plugin.common.devices import resolve_device
+
+    target = resolve_device(device)
     path = check_model_dir(path)
     tokenizer = load_tokenizer(path)
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -258,6 +262,4 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str = 
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     except Exception as err:  # transformers raises many types for a broken checkpoint
         raise LEPError(f"cannot load the model in {path}: {err}") from err
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device), tokenizer
+    return model.to(target), tokenizer

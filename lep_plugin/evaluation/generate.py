@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from lep_plugin.common.distributed import is_zero3_param, world_size
+from lep_plugin.common.distributed import forward_needs_all_ranks
 from lep_plugin.common.tokenizers import fingerprint_tokenizer
 
 
@@ -67,8 +67,8 @@ def greedy_generate(
 
     Each continuation ends with the first stop token (included) or after ``max_new_tokens``. Prompts are
     batched in length order to waste little padding; the result is in the order of ``prompts``. Under
-    DeepSpeed ZeRO-3 with several ranks every forward pass is a collective, so all ranks keep stepping
-    until the slowest is done (``synced_gpus``).
+    DeepSpeed ZeRO-3 or FSDP with several ranks every forward pass is a collective, so all ranks keep
+    stepping until the slowest is done (``synced_gpus``).
     """
     from transformers import GenerationConfig
 
@@ -78,7 +78,7 @@ def greedy_generate(
         do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stop or None, pad_token_id=pad_id,
         temperature=None, top_p=None, top_k=None,
     )
-    synced = world_size() > 1 and any(is_zero3_param(p) for p in model.parameters())
+    synced = forward_needs_all_ranks(model)
     device = model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list[list[int]] = [[] for _ in prompts]

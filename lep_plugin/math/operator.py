@@ -6,7 +6,8 @@ pieces its string splits into, and an empty row (a padding row, or a token whose
 trained) falls back to the mean of all trained old rows. ``new = T · old`` initialises embeddings (step 2)
 and ``A = T · base, B = T · instruct`` is the "vocabulary conversion" fit of propagation (step 4).
 
-Pure functions over tensors: no tokenizers, no files.
+Pure functions over tensors: no tokenizers, no files. Results are on the device of the matrix they are
+computed from (T is built on the CPU and moved there), so the same code runs on CPU and GPU weights.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def build_operator(
 
 
 def csr_matrix(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A CSR tensor built from indices we constructed ourselves (so invariant checks are skipped)."""
+    """A CSR tensor built from indices we constructed ourselves (so invariant checks are skipped), on
+    their device (not torch's default device)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
-        return torch.sparse_csr_tensor(crow, col, val, size=shape, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, val, size=shape, check_invariants=False, device=val.device)
 
 
 def trained_rows(matrix: torch.Tensor, rel_tol: float = 1e-3) -> torch.Tensor:
@@ -70,16 +72,21 @@ def trained_rows(matrix: torch.Tensor, rel_tol: float = 1e-3) -> torch.Tensor:
     return norms > rel_tol * positive.median()
 
 
+def _row_of_values(crow: torch.Tensor) -> torch.Tensor:
+    """The row index of each stored value of a CSR matrix (on the matrix's device)."""
+    return torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
+
+
 def restrict_to_rows(operator: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """T with the columns of ``~keep`` dropped and each row renormalised to sum 1.
+    """T with the columns of ``~keep`` dropped and each row renormalised to sum 1 (on ``keep``'s device).
 
     Rows left empty become all-zero; :func:`apply_operator` fills those with the fallback row.
     """
-    operator = operator.to_sparse_csr()
+    operator = operator.to_sparse_csr().to(keep.device)
     crow, col, val = operator.crow_indices(), operator.col_indices(), operator.values()
     val = val * keep.to(val.dtype)[col]
-    row_of = torch.repeat_interleave(torch.arange(operator.shape[0]), crow.diff())
-    sums = torch.zeros(operator.shape[0], dtype=val.dtype).index_add_(0, row_of, val)
+    row_of = _row_of_values(crow)
+    sums = torch.zeros(operator.shape[0], dtype=val.dtype, device=val.device).index_add_(0, row_of, val)
     safe = torch.where(sums > 0, sums, torch.ones_like(sums))
     return csr_matrix(crow, col, val / safe[row_of], tuple(operator.shape))
 
@@ -88,8 +95,7 @@ def empty_rows(operator: torch.Tensor) -> torch.Tensor:
     """Bool mask of rows whose weights sum to zero (nothing to average)."""
     operator = operator.to_sparse_csr()
     crow, val = operator.crow_indices(), operator.values()
-    row_of = torch.repeat_interleave(torch.arange(operator.shape[0]), crow.diff())
-    sums = torch.zeros(operator.shape[0], dtype=val.dtype).index_add_(0, row_of, val.abs())
+    sums = torch.zeros(operator.shape[0], dtype=val.dtype, device=val.device).index_add_(0, _row_of_values(crow), val.abs())
     return sums == 0
 
 
@@ -98,20 +104,24 @@ def apply_operator(
     old: torch.Tensor,
     trained: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``T · old`` in ``old``'s dtype, computed in float32 (float64 if ``old`` is float64).
+    """``T · old`` in ``old``'s dtype and on ``old``'s device, computed in float32 (float64 if ``old`` is
+    float64), wherever T and ``trained`` were made.
 
     Untrained old rows (``trained`` False; default: :func:`trained_rows`) are left out of every average,
     and rows with nothing left get the mean of the trained old rows, so no new row is ever random or zero.
+    On the ``meta`` device (a rank that holds no weights, e.g. FSDP's memory-efficient loading) only the
+    result's shape and dtype exist: an empty meta matrix.
     """
     if operator.shape[1] != old.shape[0]:
         raise ValueError(f"operator has {operator.shape[1]} columns but the matrix has {old.shape[0]} rows")
-    if trained is None:
-        trained = trained_rows(old)
+    if old.is_meta:
+        return torch.empty((operator.shape[0], old.shape[1]), dtype=old.dtype, device=old.device)
+    trained = trained_rows(old) if trained is None else trained.to(old.device)
     compute = torch.float64 if old.dtype == torch.float64 else torch.float32
     op = restrict_to_rows(operator, trained)
     missing = empty_rows(op)
     source = old.to(compute)
-    weights = trained.to(compute) if bool(trained.any()) else torch.ones(source.shape[0], dtype=compute)
+    weights = trained.to(compute) if bool(trained.any()) else torch.ones(source.shape[0], dtype=compute, device=old.device)
     fallback = (weights @ source) / weights.sum()  # mean of trained rows without copying them
     # T · old is a weighted-sum embedding bag over T's CSR rows: one pass of a fast CPU kernel
     rows = torch.nn.functional.embedding_bag(

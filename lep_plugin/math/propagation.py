@@ -10,6 +10,11 @@ P = argmin ‖A·P − B‖_F. The V×d systems are never materialised in float6
 are accumulated over row blocks (the least-squares solution only depends on them), then solved with a
 Cholesky factorisation of AᵀA (+ a tiny ridge); an ill-conditioned AᵀA falls back to an eigen
 decomposition (the minimum-norm solution, as ``lstsq`` gives). Pure functions over tensors, no I/O.
+
+Devices: the normal equations live on the device they are created on (``NormalEquations.zeros(d, device)``)
+and each row block is moved there, so the fit's products run on a GPU when the accumulator is there; the
+solve runs where AᵀA is; ``adapted · P`` runs on P's device and returns rows on ``adapted``'s device.
+One code path: only the CPU's triangle-only product (BLAS ``syrk``, which torch lacks) is CPU-specific.
 """
 
 from __future__ import annotations
@@ -47,23 +52,34 @@ class NormalEquations:
     rows: int
 
     @classmethod
-    def zeros(cls, dim: int) -> NormalEquations:
-        return cls(torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0.0, 0)
+    def zeros(cls, dim: int, device: torch.device | str = "cpu") -> NormalEquations:
+        def zero() -> torch.Tensor:
+            return torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+        return cls(zero(), zero(), 0.0, 0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.gram_lower.device
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Accumulate one row block (any float dtype; the products are float64)."""
+        """Accumulate one row block (any float dtype, any device; the products are float64 on this
+        accumulator's device)."""
         if a.shape != b.shape:
             raise ValueError(f"row blocks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
         if a.shape[0] == 0:
             return
-        a = a.to(torch.float64).contiguous()
-        b = b.to(torch.float64)
-        # Row-major aᵀ is a column-major d×n matrix, and the row-major accumulator seen column-major is
-        # its transpose: syrk's "upper" there is our lower triangle, updated in place (beta=1, no copy).
-        acc = self.gram_lower.numpy().T
-        out = dsyrk(1.0, a.numpy().T, beta=1.0, c=acc, trans=0, lower=0, overwrite_c=1)
-        if not np.shares_memory(out, acc):  # not expected: f2py copies only non-contiguous arrays
-            acc[...] = out
+        a = a.to(device=self.device, dtype=torch.float64).contiguous()
+        b = b.to(device=self.device, dtype=torch.float64)
+        if self.device.type == "cpu":
+            # Row-major aᵀ is a column-major d×n matrix, and the row-major accumulator seen column-major is
+            # its transpose: syrk's "upper" there is our lower triangle, updated in place (beta=1, no copy).
+            acc = self.gram_lower.numpy().T
+            out = dsyrk(1.0, a.numpy().T, beta=1.0, c=acc, trans=0, lower=0, overwrite_c=1)
+            if not np.shares_memory(out, acc):  # not expected: f2py copies only non-contiguous arrays
+                acc[...] = out
+        else:  # no syrk in torch: the full product (its lower triangle is what gram() reads)
+            self.gram_lower.addmm_(a.T, a)
         self.atb.addmm_(a.T, b)
         self.btb += float(torch.linalg.vector_norm(b) ** 2)
         self.rows += a.shape[0]
@@ -73,9 +89,11 @@ class NormalEquations:
         return torch.tril(self.gram_lower) + torch.tril(self.gram_lower, diagonal=-1).T
 
 
-def accumulate(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int) -> NormalEquations:
-    """Normal equations of the rows stacked from ``(A_block, B_block)`` pairs."""
-    eq = NormalEquations.zeros(dim)
+def accumulate(
+    blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int, device: torch.device | str = "cpu"
+) -> NormalEquations:
+    """Normal equations of the rows stacked from ``(A_block, B_block)`` pairs, accumulated on ``device``."""
+    eq = NormalEquations.zeros(dim, device)
     for a, b in blocks:
         eq.add(a, b)
     return eq
@@ -83,7 +101,7 @@ def accumulate(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int) ->
 
 @dataclass(frozen=True)
 class Solution:
-    p: torch.Tensor  # d×d float64
+    p: torch.Tensor  # d×d float64, on the normal equations' device
     solver: str  # "cholesky" or "eigh"
     condition: float  # condition number of AᵀA: LAPACK's 1-norm estimate (cholesky), exact (eigh); inf when singular
     residual: float  # ‖A·P − B‖ / ‖B‖ of this P
@@ -116,11 +134,12 @@ def solve(eq: NormalEquations, ridge: float = 1e-13) -> Solution:
     scale = float(torch.diagonal(ata).mean())
     if scale <= 0:
         raise ValueError("A is all zeros: nothing to fit")
-    factor, info = torch.linalg.cholesky_ex(ata + ridge * scale * torch.eye(dim, dtype=ata.dtype))
+    factor, info = torch.linalg.cholesky_ex(ata + ridge * scale * torch.eye(dim, dtype=ata.dtype, device=ata.device))
     if int(info) == 0:
         one_norm = float(ata.abs().sum(0).max())
-        # torch's lower factor L seen column-major is Lᵀ, the upper factor pocon reads by default
-        rcond, status = dpocon(factor.numpy().T, one_norm)
+        # torch's lower factor L seen column-major is Lᵀ, the upper factor pocon reads by default (LAPACK
+        # on the CPU: a d×d copy, O(d²) work)
+        rcond, status = dpocon(factor.cpu().numpy().T, one_norm)
         condition = 1.0 / rcond if status == 0 and rcond > 0 else math.inf
         if condition < MAX_CHOLESKY_CONDITION:
             p = torch.cholesky_solve(atb, factor)
@@ -139,7 +158,7 @@ def relative_residual(eq: NormalEquations, p: torch.Tensor | None) -> float:
     if p is None:
         sq = float(torch.diagonal(eq.gram_lower).sum() - 2.0 * torch.diagonal(eq.atb).sum() + eq.btb)
     else:
-        p = p.to(torch.float64)
+        p = p.to(device=eq.device, dtype=torch.float64)
         sq = float((p * (eq.gram() @ p)).sum() - 2.0 * (p * eq.atb).sum() + eq.btb)
     return _relative(sq, eq.btb)
 
@@ -191,7 +210,7 @@ def operator_blocks(
         counts = crow[start : stop + 1].diff()
         # kept tokens (most rows of an `extend` vocabulary) are one old row with weight 1: a plain gather
         one_to_one = bool((counts == 1).all()) and bool((vals == 1).all())
-        row_of = None if one_to_one else torch.repeat_interleave(torch.arange(stop - start), counts)
+        row_of = None if one_to_one else torch.repeat_interleave(torch.arange(stop - start, device=counts.device), counts)
         blocks = []
         for old_matrix, fallback in ((base, fallback_a), (instruct, fallback_b)):
             gathered = old_matrix.index_select(0, cols).to(torch.float64)
@@ -199,7 +218,8 @@ def operator_blocks(
                 rows = gathered
             else:
                 gathered.mul_(vals[:, None])
-                rows = torch.zeros(stop - start, old_matrix.shape[1], dtype=torch.float64).index_add_(0, row_of, gathered)
+                rows = torch.zeros(stop - start, old_matrix.shape[1], dtype=torch.float64, device=gathered.device)
+                rows.index_add_(0, row_of, gathered)
             if fallback is not None:
                 rows[missing[start:stop]] = fallback
             blocks.append(rows)
@@ -207,7 +227,7 @@ def operator_blocks(
 
 
 def _mean_rows(matrix: torch.Tensor, keep: torch.Tensor, block_rows: int = 65536) -> torch.Tensor:
-    total = torch.zeros(matrix.shape[1], dtype=torch.float64)
+    total = torch.zeros(matrix.shape[1], dtype=torch.float64, device=matrix.device)
     count = int(keep.sum()) if bool(keep.any()) else matrix.shape[0]
     for start in range(0, matrix.shape[0], block_rows):
         rows = matrix[start : start + block_rows].to(torch.float64)
@@ -227,7 +247,8 @@ def apply_correction(
     block_rows: int = 16384,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """``adapted · P`` in ``out_dtype`` (default: adapted's). P = None is the identity (swap).
+    """``adapted · P`` in ``out_dtype`` (default: adapted's), on ``adapted``'s device; the products run on
+    P's device (block by block: only one block of rows is ever on a GPU). P = None is the identity (swap).
 
     Computed per block in float32 (float64 when adapted is float64; see below for 16-bit): the result is
     stored in the checkpoint's dtype, so float64 here would only cost time.
@@ -240,12 +261,13 @@ def apply_correction(
     # 16-bit in and out: adapted·P = adapted + adapted·(P − I), the small second term as a 16-bit product
     # (twice as fast as float32). Its rounding error is ~2⁻⁹·|P − I| of a row, below the final 16-bit
     # rounding of the result whenever |P − I| < 1, as for an instruct model close to its base.
-    correction = (p.to(torch.float64) - torch.eye(p.shape[0], dtype=torch.float64)).to(adapted.dtype) if half else None
+    identity = torch.eye(p.shape[0], dtype=torch.float64, device=p.device)
+    correction = (p.to(torch.float64) - identity).to(adapted.dtype) if half else None
     pc = p.to(compute)
-    out = torch.empty(adapted.shape, dtype=out_dtype)
+    out = torch.empty(adapted.shape, dtype=out_dtype, device=adapted.device)
     for start in range(0, adapted.shape[0], block_rows):
         stop = min(start + block_rows, adapted.shape[0])
-        rows = adapted[start:stop]
+        rows = adapted[start:stop].to(p.device)
         if half:
             out[start:stop] = (rows.float() + (rows @ correction).float()).to(out_dtype)
         else:

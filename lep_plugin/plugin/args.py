@@ -162,6 +162,13 @@ def yaml_conflicts(data: dict[str, Any]) -> list[str]:
         problems.append(
             "`lep.train: new_rows` needs `weight_decay: 0`: AdamW's decay would change the frozen old rows"
         )
+    fsdp_config = data.get("fsdp_config") or {}
+    version = data.get("fsdp_version") or (fsdp_config.get("fsdp_version") if isinstance(fsdp_config, dict) else None)
+    if train == "new_rows" and (data.get("fsdp") or fsdp_config) and str(version) != "2":
+        problems.append(
+            "`lep.train: new_rows` under FSDP needs `fsdp_version: 2`: FSDP1 flattens the embedding matrices "
+            "into one buffer, where the plugin cannot find the rows of old tokens"
+        )
     return problems
 
 

@@ -6,6 +6,18 @@ calls ``deepspeed.comm.init_distributed(dist_backend="nccl")`` for single-proces
 ``torch.distributed`` is already initialised (DeepSpeed's ``TorchBackend`` then wraps the existing group),
 so the plugin's ``register()`` – which runs before validation – initialises a gloo group first, from the
 launcher's environment (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``; defaults for one process).
+
+Several ranks need more. accelerate picks a process-group backend for a launched rank only when it
+finds an accelerator or is told ``cpu``; without CUDA it sets none and counts the launch as *one*
+process, and every ``PartialState`` it (re)creates – the Trainer and Axolotl reset it twice – says so:
+DDP then wraps nothing and each rank trains alone on all the data, and DeepSpeed's ``train_batch_size:
+auto`` is filled for one process (DeepSpeed stops: ``2 != 2 * 1 * 2``). :func:`cpu_ranks_for_accelerate`
+makes accelerate treat a launched rank without CUDA as a CPU rank (``MULTI_CPU`` over gloo: the right
+rank, world size and data shard; DeepSpeed on top when asked for).
+And gloo's ``all_gather_into_tensor`` writes into views of a split tensor, which autograd refuses while
+grad mode is on (torch ≥ 2.13): accelerate calls ``engine.step()`` – ZeRO's parameter all-gather – right
+after ``backward``, so :class:`NoGradStepCallback` runs the engine's step under ``no_grad`` (an optimizer
+step never needs autograd).
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import os
 import socket
 
 import torch
+from transformers import TrainerCallback
 
 
 def _free_port() -> int:
@@ -22,13 +35,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_gloo_for_cpu_deepspeed(deepspeed_config: object) -> bool:
-    """Initialise a gloo process group when DeepSpeed is asked for on a machine without CUDA.
+def init_gloo_for_cpu_deepspeed(cfg: dict) -> bool:
+    """Initialise a gloo process group when DeepSpeed is asked for on a machine without CUDA (``cfg`` is
+    the raw YAML dict of ``register()``).
 
     Returns True if it initialised one. No-op with CUDA (Axolotl then sets up NCCL as usual), without a
     DeepSpeed config, or when a group already exists.
     """
-    if not deepspeed_config or torch.cuda.is_available():
+    if not cfg.get("deepspeed") or torch.cuda.is_available():
         return False
     if not torch.distributed.is_available() or torch.distributed.is_initialized():
         return False
@@ -46,6 +60,28 @@ def init_gloo_for_cpu_deepspeed(deepspeed_config: object) -> bool:
     return True
 
 
+def cpu_ranks_for_accelerate() -> bool:
+    """Without CUDA, in a launch of several ranks: accelerate's backend choice made as for ``cpu=True``.
+
+    Patches ``PartialState._prepare_backend`` (the one place accelerate decides it) for this process;
+    returns True if it did. No-op with CUDA or for one process. Idempotent.
+    """
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from accelerate.state import PartialState
+
+    original = PartialState._prepare_backend
+    if getattr(original, "_lep_cpu_ranks", False):
+        return True
+
+    def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
+        return original(self, True, sagemaker_dp, backend)
+
+    prepare_backend._lep_cpu_ranks = True
+    PartialState._prepare_backend = prepare_backend
+    return True
+
+
 def cpu_device_map(cfg) -> None:
     """Without CUDA, a per-rank integer ``device_map`` (Axolotl's multi-process default) becomes the CPU."""
     if torch.cuda.is_available():
@@ -53,3 +89,18 @@ def cpu_device_map(cfg) -> None:
     device_map = cfg.get("device_map")
     if isinstance(device_map, dict) and isinstance(device_map.get(""), int):
         cfg["device_map"] = {"": "cpu"}
+
+
+class NoGradStepCallback(TrainerCallback):
+    """Runs the DeepSpeed engine's ``step`` under ``torch.no_grad`` (multi-rank DeepSpeed over gloo)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        engine = getattr(self.trainer, "deepspeed", None)  # set by the Trainer once DeepSpeed wrapped the model
+        if engine is not None and not getattr(engine.step, "_lep_no_grad", False):
+            step = torch.no_grad()(engine.step)
+            step._lep_no_grad = True  # idempotent: a resumed or repeated train() wraps once
+            engine.step = step
+        return control

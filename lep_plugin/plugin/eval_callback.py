@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 from transformers import TrainerCallback
 
+from lep_plugin.common.distributed import forward_needs_all_ranks
 from lep_plugin.common.fs import write_text_atomic
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.evaluation.evaluate import (
@@ -58,9 +59,10 @@ def eval_options(options: dict[str, Any]) -> EvalCallbackOptions:
 class LEPEvalCallback(TrainerCallback):
     """Runs :func:`evaluate_model` on the model being trained.
 
-    Every rank runs the same deterministic evaluation: under DeepSpeed ZeRO-3 or FSDP a forward pass is a
-    collective, so one rank cannot generate alone. Only the main process writes the history file; the
-    trainer's own reporting integrations already report on the main process only.
+    The main process evaluates; the other ranks go on to the next step and wait for it there (their
+    copies of the weights are the same). Under DeepSpeed ZeRO-3 or FSDP a forward pass is a collective,
+    so there every rank runs the same deterministic evaluation. Only the main process writes the history
+    file; the trainer's own reporting integrations report on the main process only.
     """
 
     def __init__(self, options: EvalCallbackOptions, tokenizer, output_dir: str | os.PathLike, trainer=None):
@@ -92,6 +94,9 @@ class LEPEvalCallback(TrainerCallback):
         if model is None or tokenizer is None:
             raise RuntimeError("LEP evaluation callback needs the model and the tokenizer")
         step = state.global_step
+        if not state.is_world_process_zero and not forward_needs_all_ranks(model):
+            self.last_step = step
+            return {}
         record = evaluate_model(model, tokenizer, self.tasks, self.settings, name=f"step-{step}")
         logs = flat_metrics(record, LOG_PREFIX)
         logs[f"{LOG_PREFIX}seconds"] = record["seconds"]

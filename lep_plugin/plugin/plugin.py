@@ -34,12 +34,23 @@ from pathlib import Path
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
-from lep_plugin.common.distributed import gathered, is_main, rank, world_size
+from lep_plugin.common.distributed import (
+    full_tensor,
+    gathered,
+    is_main,
+    rank,
+    world_size,
+)
 from lep_plugin.common.fs import write_json
 from lep_plugin.common.tokenizers import MANIFEST, read_manifest
 from lep_plugin.errors import settings_named
 from lep_plugin.plugin.args import LEPConfig, parse_lep_block
-from lep_plugin.plugin.distributed import cpu_device_map, init_gloo_for_cpu_deepspeed
+from lep_plugin.plugin.distributed import (
+    NoGradStepCallback,
+    cpu_device_map,
+    cpu_ranks_for_accelerate,
+    init_gloo_for_cpu_deepspeed,
+)
 from lep_plugin.plugin.eval_callback import eval_options
 from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
 from lep_plugin.vocab.report import few_new_tokens_warning
@@ -96,7 +107,7 @@ class RunInfoCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if train_dataloader is not None:
-            _log(f"{len(train_dataloader)} batches per rank")
+            _log(f"{len(train_dataloader)} batches per rank of {args.world_size}")
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -105,7 +116,7 @@ class RunInfoCallback(TrainerCallback):
         if model is not None and world_size() > 1:  # one process has nothing to compare with
             params = embedding_parameters(_unwrap(model))
             with gathered(params, modifier_rank=None):
-                checksum = sum(float(p.detach().double().abs().sum()) for p in params)
+                checksum = sum(float(full_tensor(p.detach()).double().abs().sum()) for p in params)
             _log(f"embedding checksum {checksum:.6f}")
         return control
 
@@ -118,6 +129,8 @@ class LEPPlugin(BasePlugin):
         self.config: LEPConfig | None = None
         self.plan: VocabPlan | None = None
         self.eval_options = None
+        self.gloo_deepspeed = False
+        self.row_mask = None  # `train: new_rows`: the rows that train (for FSDP2's sharded gradients)
 
     def get_input_args(self) -> str:
         return "lep_plugin.plugin.args.LEPArgs"
@@ -128,9 +141,14 @@ class LEPPlugin(BasePlugin):
         self.config = parse_lep_block(cfg)
         self.plan = None
         self.eval_options = None
+        self.gloo_deepspeed = False
+        self.row_mask = None
         if self.config is None:
             return
-        if init_gloo_for_cpu_deepspeed(cfg.get("deepspeed")):
+        if cpu_ranks_for_accelerate():
+            _log(f"no CUDA: rank {rank()} of {world_size()} runs as a CPU rank (gloo)")
+        self.gloo_deepspeed = init_gloo_for_cpu_deepspeed(cfg)
+        if self.gloo_deepspeed:
             _log("no CUDA: initialised a gloo process group for DeepSpeed")
         if self.config.eval is not None:
             self.eval_options = eval_options(self.config.eval)
@@ -185,6 +203,12 @@ class LEPPlugin(BasePlugin):
         if self.config is None:
             return []
         callbacks = [RunInfoCallback()]
+        if self.gloo_deepspeed and world_size() > 1:
+            callbacks.append(NoGradStepCallback(trainer))
+        if self.row_mask is not None:
+            from lep_plugin.plugin.freezing import ShardedRowMaskCallback
+
+            callbacks.append(ShardedRowMaskCallback(self.row_mask))
         if self.plan is not None:
             callbacks.append(ManifestCallback(self.output_manifest()))
         if self.eval_options is not None:
@@ -235,6 +259,7 @@ class LEPPlugin(BasePlugin):
             rows = full_rows(model.get_input_embeddings().weight)
             mask = new_token_rows(load_tokenizer(self.plan.new_tokenizer), load_tokenizer(self.plan.old_tokenizer), rows)
             mask_old_rows(model, mask)
+            self.row_mask = mask
             message = f"training {int(mask.sum())} new-token rows of {', '.join(names)}; everything else frozen"
         else:
             message = f"training {', '.join(names)} only; everything else frozen"

@@ -114,8 +114,9 @@ class VocabTarget:
     describe: str  # what the vocabulary is, for messages
 
 
-def locate_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabTarget:
-    """The old tokenizer, the new vocabulary's cache dir and how to build it; reads but writes nothing."""
+def locate_vocabulary(cfg: dict[str, Any], section: VocabSection, memo: bool = False) -> VocabTarget:
+    """The old tokenizer, the new vocabulary's cache dir and how to build it. Reads but writes nothing,
+    except – with ``memo`` – the corpus fingerprint's memo file in the cache dir (see ``corpus_fingerprint``)."""
     old_source = old_tokenizer_source(cfg)
     old_dir = _local_dir(old_source)
     if read_manifest(model_source(cfg)) is not None:
@@ -127,13 +128,14 @@ def locate_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabTarget
     root = cache_root(cfg, section)
     if section.tokenizer is not None:
         return _ready_vocabulary(Path(section.tokenizer), old_source, old_tok, old_fp, root, old_dir)
-    from lep_plugin.common.corpus import check_corpus, expand_corpus, fingerprint_files
+    from lep_plugin.common.corpus import check_corpus, corpus_fingerprint, expand_corpus
     from lep_plugin.vocab.build import build_vocabulary
 
     options = section.build_options()
     files = expand_corpus(section.corpus or [])
     check_corpus(files, options.text_field)
-    key = _digest("build", old_fp, fingerprint_files(files), options.model_dump_json())
+    corpus = corpus_fingerprint(files, options.text_field, options.max_chars, memo_dir=root if memo else None)
+    key = _digest("build", old_fp, corpus, options.model_dump_json())
 
     def build(output: Path) -> None:
         build_vocabulary(old_dir, files, options, output)
@@ -167,7 +169,7 @@ def _ready_vocabulary(ready: Path, old_source: str, old_tok, old_fp: str, root: 
 
 def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
     """Decide (and if needed build) the new tokenizer dir. Exactly one process builds it."""
-    located = locate_vocabulary(cfg, section)
+    located = locate_vocabulary(cfg, section, memo=True)
     if located.build is None:
         LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", rank(), located.old_dir)
         tok = load_tokenizer(located.old_dir)

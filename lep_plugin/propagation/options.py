@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath
 
+from lep_plugin.common.devices import DEVICE_PATTERN
 from lep_plugin.math.operator import Weighting
 from lep_plugin.publish.card import check_eval_json
 
@@ -26,6 +27,12 @@ class MergeOptions(BaseModel):
     adapted_tokenizer: Path | None = Field(default=None, description="new tokenizer dir, if not inside the adapted dir")
     weighting: Weighting = Field(default="mean", description="vocabulary operator weights (conversion)")
     block_rows: int = Field(default=8192, ge=16, description="rows per block of the streamed fit")
+    device: str = Field(
+        default="auto",
+        pattern=DEVICE_PATTERN,
+        description="where the fit (float64 normal equations), the solve and adapted·P run: auto (a GPU if there "
+        "is one), cpu, cuda or cuda:N; falls back to the CPU when the GPU lacks the free memory",
+    )
     sample_text: Path | None = Field(default=None, description="text/.jsonl file to measure characters per token before/after")
     eval_json: Annotated[FilePath, AfterValidator(check_eval_json)] | None = Field(default=None, description="`lep eval --json` file whose table goes into the model card (README.md)")
     check_adapted: bool = Field(

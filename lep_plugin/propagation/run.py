@@ -45,8 +45,10 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
     if options.dry_run:
         return {"dry_run": True, "plan": plan.describe()}
     systems = _prepare_systems(plan)
+    device = compute_device(options.device, plan, echo)
     report: dict[str, Any] = {
         "methods": plan.methods,
+        "device": str(device),
         "inputs": {role: plan.checkpoint(role).describe() for role in ("base", "instruct", "adapted")},
         "tied": plan.tied,
         "out_rows": plan.out_rows,
@@ -57,7 +59,7 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
         spill.mkdir()
         results: dict[str, dict[str, Path]] = {method: {} for method in plan.methods}
         for matrix in plan.matrices:
-            report["fits"][matrix.role] = _propagate(plan, matrix, systems, spill, results)
+            report["fits"][matrix.role] = _propagate(plan, matrix, systems, spill, results, device)
         report["recommendation"] = recommendation(report)
         for method in plan.methods:
             target = tmp if len(plan.methods) == 1 else tmp / method
@@ -71,6 +73,26 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
             (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     echo(summary_text(report, options.output))
     return report
+
+
+def compute_device(choice: str, plan: Plan, echo: Callable[[str], None]) -> torch.device:
+    """The ``--device`` of the fit, solve and apply; a GPU without room for them falls back to the CPU.
+
+    On the device at once: AᵀA and AᵀB (d×d float64 each), one (A, B) block pair in float64 and one block
+    of adapted rows with its product (float32), plus the same again as headroom for temporaries.
+    """
+    from lep_plugin.common.devices import free_bytes, resolve_device
+
+    device = resolve_device(choice)
+    free = free_bytes(device)
+    if free is None:
+        return device
+    dim, rows = max(m.dim for m in plan.matrices), plan.options.block_rows
+    needed = 2 * (2 * dim * dim * 8 + 2 * rows * dim * 8 + 2 * rows * dim * 4)
+    if free < needed:
+        echo(f"note: {device} has {free / 2**30:.1f} GiB free, the fit needs {needed / 2**30:.1f} GiB: computing on the CPU")
+        return torch.device("cpu")
+    return device
 
 
 def _prepare_systems(plan: Plan) -> dict[str, FitSystem]:
@@ -91,8 +113,11 @@ def _counted(blocks, bar):
         yield a, b
 
 
-def _fit(plan: Plan, matrix: Matrix, systems: dict[str, FitSystem]) -> tuple[dict[str, prop.NormalEquations], dict[int, torch.Tensor]]:
-    """Normal equations of each system for ``matrix``, and the instruct rows of the added tokens."""
+def _fit(
+    plan: Plan, matrix: Matrix, systems: dict[str, FitSystem], device: torch.device
+) -> tuple[dict[str, prop.NormalEquations], dict[int, torch.Tensor]]:
+    """Normal equations of each system for ``matrix`` (on ``device``; the blocks are gathered on the CPU,
+    where the checkpoints are read), and the instruct rows of the added tokens."""
     base = plan.checkpoint("base").get(matrix.names["base"])
     instruct = plan.checkpoint("instruct").get(matrix.names["instruct"])
     trained = trained_rows(base[: len(plan.old_tok)])
@@ -100,7 +125,7 @@ def _fit(plan: Plan, matrix: Matrix, systems: dict[str, FitSystem]) -> tuple[dic
     for name, system in systems.items():
         with _bar(system.rows(), f"{name} fit ({matrix.role})") as bar:
             blocks = system.blocks(base, instruct, trained, plan.options.block_rows)
-            equations[name] = prop.accumulate(_counted(blocks, bar), matrix.dim)
+            equations[name] = prop.accumulate(_counted(blocks, bar), matrix.dim, device)
     added_rows = {a.instruct_id: instruct[a.instruct_id].clone() for a in plan.added if a.instruct_id < instruct.shape[0]}
     return equations, added_rows
 
@@ -118,11 +143,13 @@ def _fit_report(method: str, equations: dict[str, prop.NormalEquations], solutio
     return report
 
 
-def _propagate(plan: Plan, matrix: Matrix, systems, spill: Path, results: dict[str, dict[str, Path]]) -> dict[str, Any]:
+def _propagate(
+    plan: Plan, matrix: Matrix, systems, spill: Path, results: dict[str, dict[str, Path]], device: torch.device
+) -> dict[str, Any]:
     """Fit, solve and apply every method to one matrix; the results wait in ``spill``. Returns the fits."""
     from safetensors.torch import save_file
 
-    equations, added_rows = _fit(plan, matrix, systems)
+    equations, added_rows = _fit(plan, matrix, systems, device)
     solutions = {name: prop.solve(eq) for name, eq in equations.items()}
     fits = {method: _fit_report(method, equations, solutions) for method in plan.methods}
     del equations

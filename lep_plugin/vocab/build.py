@@ -32,8 +32,8 @@ import numpy as np
 
 from lep_plugin.common.corpus import (
     check_corpus,
+    corpus_fingerprint,
     expand_corpus,
-    fingerprint_files,
     iter_texts,
 )
 from lep_plugin.common.fs import atomic_output_dir, check_no_overlap, check_output_dir
@@ -91,7 +91,7 @@ def build_vocabulary(
         "old_vocab_size": len(old),
         "new_vocab_size": _vocab_len(new_spec),
         "corpus": [str(f) for f in files],
-        "corpus_fingerprint": fingerprint_files(files),
+        "corpus_fingerprint": corpus_fingerprint(files, options.text_field, options.max_chars),
         "old_tokenizer": str(old_tokenizer),
         "old_tokenizer_fingerprint": fingerprint_tokenizer(old),
         **stats,

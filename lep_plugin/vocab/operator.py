@@ -67,8 +67,10 @@ def initial_rows(operator: torch.Tensor, old: torch.Tensor, old_ids: int) -> tor
     and they are also kept out of the fallback (the mean of trained rows) that a row with nothing to
     average gets.
     """
-    trained = trained_rows(old)
-    trained[old_ids:] = False
+    trained = None
+    if not old.is_meta:  # a meta matrix has no norms: apply_operator gives its shape only
+        trained = trained_rows(old)
+        trained[old_ids:] = False
     return apply_operator(operator, old, trained)
 
 
