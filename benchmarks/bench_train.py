@@ -27,18 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MODES = ("full", "embeddings", "lora")
 
 
-def build_model(vocab: int, hidden: int, layers: int):
+def build_model(vocab: int, hidden: int, layers: int, heads: int = 4, kv_heads: int = 4, intermediate: int | None = None,
+                max_positions: int = 1024):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=hidden * 4,
+        intermediate_size=intermediate or hidden * 4,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config)
@@ -66,7 +67,9 @@ def prepare(model, mode: str):
 def run_mode(mode: str, args: dict, queue) -> None:
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
-    model = prepare(build_model(args["vocab"], args["hidden"], args["layers"]), mode).to(device)
+    shape = {k: args[k] for k in ("heads", "kv_heads", "intermediate") if k in args}
+    model = build_model(args["vocab"], args["hidden"], args["layers"], max_positions=max(1024, args["seq"]), **shape)
+    model = prepare(model.to(getattr(torch, args.get("dtype", "float32"))), mode).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)

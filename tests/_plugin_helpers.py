@@ -3,7 +3,7 @@ subprocesses, safetensors comparison, and the reusable ZeRO-3 checkpoint recipe.
 
 :func:`make_zero3_checkpoint` (behind the session fixture ``zero3_checkpoint`` of conftest.py, shared by the
 plugin and lep-merge tests) runs ``axolotl train`` with the plugin under DeepSpeed ZeRO-3 on CPU and
-returns a :class:`Zero3Run` whose ``checkpoint`` dir holds
+on two ranks and returns a :class:`Zero3Run` whose ``checkpoint`` dir holds
 ``global_stepN/`` (DeepSpeed model/optimizer states), ``latest``, the HF files and the new tokenizer.
 """
 
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "yaml"
 VENV_BIN = Path(sys.executable).parent
 TRAIN_TIMEOUT = 420
+TWO_RANKS = ["--launcher", "torchrun", "--", "--nproc_per_node", "2"]  # how users launch several processes
 
 
 def train_env() -> dict[str, str]:
@@ -117,6 +118,20 @@ def assert_only_embeddings_changed(base_dir: Path, out_dir: Path) -> None:
             assert torch.equal(new[name], tensor), f"{name} changed although it should be frozen"
 
 
+def rank_config(work: Path, base_model: Path, dataset: Path, train: str, micro_batch_size: int, deepspeed: str | None) -> dict:
+    """tiny-cpu.yml for the one-process vs two-rank comparisons: 4 steps, checkpoints at 2 and 4, no weight
+    decay, and only full-length samples (``min_sample_len`` = ``sequence_len``). Axolotl sets
+    ``average_tokens_across_devices: false``, so each rank's loss is the mean over its own tokens: with
+    equal token counts per rank the averaged gradient is the one-process gradient of the same global batch."""
+    cfg = tiny_config(
+        work, base_model, dataset, max_steps=4, save_steps=2, weight_decay=0.0, micro_batch_size=micro_batch_size,
+        deepspeed=str(EXAMPLES / deepspeed) if deepspeed else None,
+    )
+    cfg["min_sample_len"] = cfg["sequence_len"]
+    cfg["lep"]["train"] = train
+    return cfg
+
+
 @dataclass(frozen=True)
 class Zero3Run:
     base_model: Path  # the model trained (old vocabulary)
@@ -124,25 +139,15 @@ class Zero3Run:
     checkpoint: Path  # output/checkpoint-N with global_stepN/ and latest
     step: int
     log: str  # the run's combined output
+    config: dict  # the YAML it ran
 
 
-def make_zero3_checkpoint(
-    work: Path, base_model: Path, train: str = "new_rows", max_steps: int = 4, save_steps: int = 2
-) -> Zero3Run:
-    """The recipe: ``axolotl train`` + plugin (extend vocabulary) under DeepSpeed ZeRO-3 on CPU (gloo)."""
+def make_zero3_checkpoint(work: Path, base_model: Path, train: str = "new_rows") -> Zero3Run:
+    """The recipe: ``axolotl train`` + plugin (extend vocabulary) under DeepSpeed ZeRO-3 on two CPU ranks
+    (gloo), 2 samples per rank, launched as users launch (``--launcher torchrun -- --nproc_per_node 2``)."""
     work.mkdir(parents=True, exist_ok=True)
     dataset = training_data(work / "data")
-    cfg = tiny_config(
-        work,
-        base_model,
-        dataset,
-        deepspeed=str(EXAMPLES / "ds_zero3.json"),
-        max_steps=max_steps,
-        save_steps=save_steps,
-        weight_decay=0.0,
-    )
-    cfg["lep"]["train"] = train
-    log = run_train(write_config(work / "zero3.yml", cfg))
+    cfg = rank_config(work, base_model, dataset, train, micro_batch_size=2, deepspeed="ds_zero3.json")
+    log = run_train(write_config(work / "zero3.yml", cfg), launcher=TWO_RANKS)
     output = Path(cfg["output_dir"])
-    checkpoint = output / f"checkpoint-{max_steps}"
-    return Zero3Run(base_model, output, checkpoint, max_steps, log)
+    return Zero3Run(base_model, output, output / "checkpoint-4", 4, log, cfg)

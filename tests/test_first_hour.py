@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 from _merge_helpers import copy_model, mistral_trio  # noqa: F401 - fixture
-from _plugin_helpers import REPO, VENV_BIN, tiny_config, train_env, training_data, write_config
+from _plugin_helpers import (
+    REPO,
+    VENV_BIN,
+    tiny_config,
+    train_env,
+    training_data,
+    write_config,
+)
 from safetensors.torch import load_file, save_file
 
 from lep_plugin.cli.lep import main as lep

@@ -31,6 +31,14 @@ def _fails(capsys, tmp_path: Path, base: Path, instruct: Path, adapted: Path, me
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
+def test_device_that_is_not_here(mistral_trio, tmp_path, capsys):
+    if torch.cuda.is_available():  # a GPU machine: name one past its last GPU
+        device, message = f"cuda:{torch.cuda.device_count()}", "CUDA device(s)"
+    else:
+        device, message = "cuda", "sees no CUDA GPU"
+    _fails(capsys, tmp_path, mistral_trio.base, mistral_trio.instruct, mistral_trio.adapted, message, "--device", device)
+
+
 def test_different_architecture(mistral_trio, tied_trio, tmp_path, capsys):
     _fails(capsys, tmp_path, tied_trio.base, mistral_trio.instruct, mistral_trio.adapted, "different architectures")
 

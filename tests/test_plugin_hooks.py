@@ -4,7 +4,6 @@ rows, tied models), freezing and the new-row gradient mask, idempotence of every
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from _plugin_helpers import (
-    EXAMPLES,
     assert_only_embeddings_changed,
     lep_lines,
     load_weights,
@@ -99,40 +98,6 @@ def test_llama_byte_level_bpe_vocabulary(tmp_path, tiny_llama):
     assert load_weights(out)["lm_head.weight"].shape[0] == len(load_tokenizer(new_dir)) < 10_000
     loss_values = [float(v) for v in re.findall(r"'loss': '([0-9.]+)'", output)]
     assert len(loss_values) >= 4 and loss_values[-1] < loss_values[0], loss_values
-
-
-def test_two_processes_build_once_and_agree(tmp_path, tiny_mistral):
-    data = training_data(tmp_path / "data", docs=40)
-    cfg = tiny_config(tmp_path, tiny_mistral, data, max_steps=4, save_strategy="no", save_steps=None)
-    output = run_train(
-        write_config(tmp_path / "ddp.yml", cfg), launcher=["--launcher", "torchrun", "--", "--nproc_per_node", "2"]
-    )
-    built = lep_lines(output, r"vocabulary (\S+) \(built, fingerprint (\w+)")
-    reused = lep_lines(output, r"vocabulary (\S+) \(reused, fingerprint (\w+)")
-    assert len(built) == 1 and len(reused) == 1, output[-3000:]
-    assert {built[0].group(1), reused[0].group(1)} == {"0", "1"}
-    assert built[0].group(2, 3) == reused[0].group(2, 3)  # same dir, same tokenizer
-
-    batches = {m.group(1): int(m.group(2)) for m in lep_lines(output, r"(\d+) batches per rank")}
-    assert set(batches) == {"0", "1"}
-    rows = sum(1 for _ in open(data, encoding="utf-8"))
-    assert batches["0"] == batches["1"] and batches["0"] * 2 * cfg["micro_batch_size"] >= rows  # sharded
-    checksums = {m.group(1): m.group(2) for m in lep_lines(output, r"embedding checksum (\S+)")}
-    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
-    assert_only_embeddings_changed(tiny_mistral, Path(cfg["output_dir"]))
-
-
-def test_deepspeed_zero2_cpu(tmp_path, tiny_mistral):
-    data = training_data(tmp_path / "data")
-    cfg = tiny_config(
-        tmp_path, tiny_mistral, data, deepspeed=str(EXAMPLES / "ds_zero2.json"), max_steps=4, save_steps=4
-    )
-    output = run_train(write_config(tmp_path / "z2.yml", cfg))
-    out = Path(cfg["output_dir"])
-    assert lep_lines(output, "no CUDA: initialised a gloo process group for DeepSpeed")
-    assert (out / "checkpoint-4" / "global_step4").is_dir()
-    assert_only_embeddings_changed(tiny_mistral, out)
-    _assert_saved_tokenizer_is_new(out, _new_tokenizer_dir(output), tiny_mistral)
 
 
 def test_deepspeed_zero3_new_rows(zero3_checkpoint):

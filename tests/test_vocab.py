@@ -235,3 +235,30 @@ def test_convert_checkpoint_streams_and_initialises(built, tiny_mistral, tmp_pat
     assert read_manifest(target)["method"] == "extend"
     ids = tok("Привет, мир", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_corpus_fingerprint_hashes_what_is_read_once_per_corpus(tmp_path, monkeypatch):
+    """The vocabulary cache key: with ``max_chars`` only the texts up to it are hashed (a broken line
+    after them is never read); with a memo dir it is computed once and then read back, until a file changes."""
+    import lep_plugin.common.corpus as corpus
+
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps({"text": "слово " * 50}) for _ in range(20)]
+    path.write_text("\n".join(lines) + "\n{not json\n", encoding="utf-8")
+    limited = corpus.corpus_fingerprint([path], max_chars=600)
+    assert limited == corpus.corpus_fingerprint([path], max_chars=600) != corpus.corpus_fingerprint([path], max_chars=900)
+    whole = corpus.corpus_fingerprint([path])  # every byte (no parsing): the broken line counts
+    assert whole != limited
+
+    memo = tmp_path / "cache"
+    assert corpus.corpus_fingerprint([path], memo_dir=memo) == whole
+    assert len(list(memo.glob("lep-corpus-*.json"))) == 1
+
+    def no_hashing(*args):
+        raise AssertionError("hashed the corpus again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus, "_hash_corpus", no_hashing)
+        assert corpus.corpus_fingerprint([path], memo_dir=memo) == whole  # read back
+    path.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")  # the corpus changed: hashed anew
+    assert corpus.corpus_fingerprint([path], memo_dir=memo) == corpus.corpus_fingerprint([path]) != whole

@@ -26,6 +26,12 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def log_rank(message: str) -> None:
+    """``[lep rank N] message`` on stdout: Axolotl reconfigures logging per module, and a multi-rank run
+    is checked by what each rank says."""
+    print(f"[lep rank {rank()}] {message}", flush=True)
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -33,6 +39,16 @@ def is_main() -> bool:
 def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def broadcast_from_main(value: object) -> object:
+    """Rank 0's ``value`` on every rank (a collective: all ranks call it); ``value`` itself without a
+    process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def is_zero3_param(param: torch.Tensor) -> bool:

@@ -61,9 +61,10 @@ def init_gloo_for_cpu_deepspeed(cfg: dict) -> bool:
 
 
 def cpu_ranks_for_accelerate() -> bool:
-    """Without CUDA, in a launch of several ranks: accelerate's backend choice made as for ``cpu=True``.
+    """Without CUDA, in a launch of several ranks: where accelerate finds no backend for a rank (no
+    accelerator of any kind), it chooses as for ``cpu=True``: gloo, ``MULTI_CPU``.
 
-    Patches ``PartialState._prepare_backend`` (the one place accelerate decides it) for this process;
+    Wraps ``PartialState._prepare_backend`` (the one place accelerate decides it) in this process;
     returns True if it did. No-op with CUDA or for one process. Idempotent.
     """
     if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -75,7 +76,10 @@ def cpu_ranks_for_accelerate() -> bool:
         return True
 
     def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
-        return original(self, True, sagemaker_dp, backend)
+        chosen = original(self, cpu, sagemaker_dp, backend)
+        if chosen[0] is None and not cpu:  # nothing found for a launched rank: it is a CPU rank
+            return original(self, True, sagemaker_dp, backend)
+        return chosen
 
     prepare_backend._lep_cpu_ranks = True
     PartialState._prepare_backend = prepare_backend

@@ -16,7 +16,11 @@ from typing import Any
 from pydantic import Field, ValidationError
 from transformers import TrainerCallback
 
-from lep_plugin.common.distributed import forward_needs_all_ranks
+from lep_plugin.common.distributed import (
+    broadcast_from_main,
+    forward_needs_all_ranks,
+    log_rank,
+)
 from lep_plugin.common.fs import write_text_atomic
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.evaluation.evaluate import (
@@ -59,9 +63,9 @@ def eval_options(options: dict[str, Any]) -> EvalCallbackOptions:
 class LEPEvalCallback(TrainerCallback):
     """Runs :func:`evaluate_model` on the model being trained.
 
-    The main process evaluates; the other ranks go on to the next step and wait for it there (their
-    copies of the weights are the same). Under DeepSpeed ZeRO-3 or FSDP a forward pass is a collective,
-    so there every rank runs the same deterministic evaluation. Only the main process writes the history
+    The main process evaluates and the other ranks wait for its result (their copies of the weights are
+    the same), then every rank logs it. Under DeepSpeed ZeRO-3 or FSDP a forward pass is a collective, so
+    there every rank runs the same deterministic evaluation. Only the main process writes the history
     file; the trainer's own reporting integrations report on the main process only.
     """
 
@@ -94,10 +98,15 @@ class LEPEvalCallback(TrainerCallback):
         if model is None or tokenizer is None:
             raise RuntimeError("LEP evaluation callback needs the model and the tokenizer")
         step = state.global_step
-        if not state.is_world_process_zero and not forward_needs_all_ranks(model):
-            self.last_step = step
-            return {}
-        record = evaluate_model(model, tokenizer, self.tasks, self.settings, name=f"step-{step}")
+        if forward_needs_all_ranks(model) or state.is_world_process_zero:
+            record = evaluate_model(model, tokenizer, self.tasks, self.settings, name=f"step-{step}")
+            log_rank(f"lep.eval at step {step}: {record['seconds']:.1f} s")
+        else:
+            record = None
+        if not forward_needs_all_ranks(model):
+            # the others wait here for rank 0's result: the trainer's logging below may be a collective
+            # (Axolotl's callbacks reduce metrics across ranks), so every rank logs the same record
+            record = broadcast_from_main(record)
         logs = flat_metrics(record, LOG_PREFIX)
         logs[f"{LOG_PREFIX}seconds"] = record["seconds"]
         if self.trainer is not None:

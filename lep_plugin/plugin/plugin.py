@@ -38,6 +38,7 @@ from lep_plugin.common.distributed import (
     full_tensor,
     gathered,
     is_main,
+    log_rank,
     rank,
     world_size,
 )
@@ -54,11 +55,6 @@ from lep_plugin.plugin.distributed import (
 from lep_plugin.plugin.eval_callback import eval_options
 from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
 from lep_plugin.vocab.report import few_new_tokens_warning
-
-
-def _log(message: str) -> None:
-    # Axolotl reconfigures logging per module; print keeps the plugin's decisions visible in every rank.
-    print(f"[lep rank {rank()}] {message}", flush=True)
 
 
 def _user_errors(hook):
@@ -107,7 +103,7 @@ class RunInfoCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if train_dataloader is not None:
-            _log(f"{len(train_dataloader)} batches per rank of {args.world_size}")
+            log_rank(f"{len(train_dataloader)} batches per rank of {args.world_size}")
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -117,7 +113,7 @@ class RunInfoCallback(TrainerCallback):
             params = embedding_parameters(_unwrap(model))
             with gathered(params, modifier_rank=None):
                 checksum = sum(float(full_tensor(p.detach()).double().abs().sum()) for p in params)
-            _log(f"embedding checksum {checksum:.6f}")
+            log_rank(f"embedding checksum {checksum:.6f}")
         return control
 
 
@@ -146,10 +142,10 @@ class LEPPlugin(BasePlugin):
         if self.config is None:
             return
         if cpu_ranks_for_accelerate():
-            _log(f"no CUDA: rank {rank()} of {world_size()} runs as a CPU rank (gloo)")
+            log_rank(f"no CUDA: rank {rank()} of {world_size()} runs as a CPU rank (gloo)")
         self.gloo_deepspeed = init_gloo_for_cpu_deepspeed(cfg)
         if self.gloo_deepspeed:
-            _log("no CUDA: initialised a gloo process group for DeepSpeed")
+            log_rank("no CUDA: initialised a gloo process group for DeepSpeed")
         if self.config.eval is not None:
             self.eval_options = eval_options(self.config.eval)
         if self.config.vocab is None:
@@ -158,12 +154,12 @@ class LEPPlugin(BasePlugin):
             self.plan = plan_vocabulary(cfg, self.config.vocab)
             warning = few_new_tokens_warning(read_manifest(self.plan.new_tokenizer) or {})
         cfg["tokenizer_config"] = str(self.plan.new_tokenizer)
-        _log(
+        log_rank(
             f"vocabulary {self.plan.new_tokenizer} ({'built' if self.plan.built else 'reused'}, "
             f"fingerprint {self.plan.fingerprint})"
         )
         if warning:
-            _log(warning)
+            log_rank(warning)
 
     # 2 ------------------------------------------------------------------------------------------------
     def load_datasets(self, cfg, preprocess: bool = False):
@@ -190,7 +186,7 @@ class LEPPlugin(BasePlugin):
             options = options.model_copy(update={"pad_to_multiple_of": 32})
         rows = convert_embeddings(model, new_tok, old_tok, options)
         model._lep_vocab = self.plan.fingerprint
-        _log(f"embeddings converted to the new vocabulary: {len(old_tok)} -> {len(new_tok)} tokens, {rows} rows")
+        log_rank(f"embeddings converted to the new vocabulary: {len(old_tok)} -> {len(new_tok)} tokens, {rows} rows")
 
     # 4 ------------------------------------------------------------------------------------------------
     @_user_errors
@@ -233,7 +229,7 @@ class LEPPlugin(BasePlugin):
             write_json(output / MANIFEST, self.output_manifest())
             from lep_plugin.publish.outputs import finish_training_output
 
-            finish_training_output(cfg, self.plan, _log)  # model card and original_tokenizer/
+            finish_training_output(cfg, self.plan, log_rank)  # model card and original_tokenizer/
 
     def output_manifest(self) -> dict:
         """The vocabulary's manifest plus what this run trained: ``lep-merge`` reads it to know, without
@@ -264,4 +260,4 @@ class LEPPlugin(BasePlugin):
         else:
             message = f"training {', '.join(names)} only; everything else frozen"
         if report:
-            _log(message)
+            log_rank(message)
