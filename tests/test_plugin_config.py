@@ -118,6 +118,16 @@ def test_new_rows_with_weight_decay_is_an_error():
     assert parse_lep_block({"lep": lep, "weight_decay": 0.0}).train == "new_rows"
 
 
+def test_new_rows_under_fsdp_needs_version_2():
+    lep = {"vocab": {"tokenizer": "d"}, "train": "new_rows"}
+    for fsdp in ({"fsdp_config": {"fsdp_version": 1}}, {"fsdp": ["full_shard"], "fsdp_config": {}}):
+        with pytest.raises(LEPError, match="needs `fsdp_version: 2`"):
+            parse_lep_block({"lep": lep, "weight_decay": 0.0, **fsdp})
+    for fsdp in ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}}, {"fsdp_config": {"fsdp_version": 2}}):
+        assert parse_lep_block({"lep": lep, "weight_decay": 0.0, **fsdp}).train == "new_rows"
+    assert parse_lep_block({"lep": dict(lep, train="embeddings"), "fsdp_config": {"fsdp_version": 1}}).train == "embeddings"
+
+
 def test_ready_tokenizer_must_keep_special_tokens(tmp_path, tiny_llama, mistral_tokenizer, data):
     # the Tekken-based model has chat markers ([INST], ...) that the Mistral v1 tokenizer lacks
     cfg = _cfg(tmp_path, tiny_llama, data, vocab={"tokenizer": str(mistral_tokenizer)})

@@ -83,6 +83,9 @@ def cpu_ranks_for_accelerate() -> bool:
 
     prepare_backend._lep_cpu_ranks = True
     PartialState._prepare_backend = prepare_backend
+    # accelerate names a CPU rank's device "cpu:0", which torch.load's map_location does not know: a
+    # resumed run then cannot read its optimizer state. Plain "cpu", as one process has.
+    os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
     return True
 
 
