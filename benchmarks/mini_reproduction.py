@@ -98,15 +98,18 @@ def goal_check(eval_json: Path) -> str:
     return "\n".join(rows)
 
 
-def calibrate(lep_model: Path, texts: list[str], work: Path, steps: int) -> Path:
+def calibrate(lep_model: Path, texts: list[str], work: Path, steps: int, seed: int | None = None) -> Path:
     """Step 5 of the method with the shipped tiny recipe: copy chats from training texts (``lep data
     copy-task``), a LoRA (plus embeddings) trained by ``axolotl train``, merged by ``axolotl merge-lora``."""
     work.mkdir(parents=True, exist_ok=True)
     copies = work / "copy.jsonl"
     _run([sys.executable, "-m", "lep_plugin.cli.lep", "data", "copy-task", *[a for t in texts for a in ("--text", t)],
-          "--samples", str(steps * 2), "--output", str(copies), "--force"], work / "copy-task.log", print)
+          "--samples", str(steps * 2), "--output", str(copies), "--force",
+          *(["--seed", str(seed)] if seed is not None else [])], work / "copy-task.log", print)
     cfg = yaml.safe_load((REPO / "examples" / "yaml" / "calibration-tiny-cpu.yml").read_text(encoding="utf-8"))
     cfg.update(base_model=str(lep_model), dataset_prepared_path=str(work / "prepared"), output_dir=str(work / "adapter"), max_steps=steps)
+    if seed is not None:
+        cfg["seed"] = seed
     cfg["datasets"][0]["path"] = str(copies)
     config = work / "calibration.yml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

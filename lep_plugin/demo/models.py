@@ -48,23 +48,43 @@ def _lr_factor(step: int, elapsed: float, seconds: float, warmup: int) -> float:
 
 
 def _train(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seconds: float, lr: float,
-           log: Callable[[str], None], label: str, schedule: bool = False, warmup: int = 30) -> int:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+           log: Callable[[str], None], label: str, schedule: bool = False, warmup: int = 30,
+           groups: list[dict] | None = None, check: Callable[[object], bool] | None = None, check_every: float = 60.0) -> int:
+    """Train until ``seconds`` have passed. ``groups`` are optimizer parameter groups with their own
+    ``lr`` (default: every parameter at ``lr``); the schedule scales each group's rate. ``check(model)`` is
+    called (model in eval mode, no grad) every ``check_every`` seconds of training; True stops early."""
+    groups = groups or [{"params": list(model.parameters()), "lr": lr}]
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    params = [p for group in groups for p in group["params"]]
     model.train()
     start, step, first = time.perf_counter(), 0, None
+    next_check = check_every
     for ids, labels in batches:
         if schedule:
+            factor = _lr_factor(step, time.perf_counter() - start, seconds, warmup)
             for group in opt.param_groups:
-                group["lr"] = lr * _lr_factor(step, time.perf_counter() - start, seconds, warmup)
+                group["lr"] = group["base_lr"] * factor
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
         step += 1
         first = first if first is not None else loss.item()
         if step % 20 == 0:
             log(f"  {label} step {step}: loss {loss.item():.3f} (from {first:.3f})")
+        elapsed = time.perf_counter() - start
+        if check is not None and elapsed >= next_check:
+            model.eval()
+            with torch.no_grad():
+                done = check(model)
+            model.train()
+            next_check = (time.perf_counter() - start) + check_every
+            if done:
+                log(f"  {label}: check passed at step {step}")
+                break
         if time.perf_counter() - start > seconds:
             break
     model.eval()
@@ -147,15 +167,38 @@ def train_base(tokenizer_dir: Path, texts: list[Path], out: Path, seconds: float
     return out
 
 
+def embedding_groups(model, lr: float, embed_lr: float | None) -> list[dict] | None:
+    """Parameter groups with the input and output embeddings at ``embed_lr`` (None: one group at ``lr``)."""
+    if embed_lr is None:
+        return None
+    embeds = {id(model.get_input_embeddings().weight)}
+    if model.get_output_embeddings() is not None:
+        embeds.add(id(model.get_output_embeddings().weight))
+    params = list(model.parameters())
+    return [{"params": [p for p in params if id(p) not in embeds], "lr": lr},
+            {"params": [p for p in params if id(p) in embeds], "lr": embed_lr}]
+
+
 def train_instruct(base: Path, instructions: Path, out: Path, seconds: float, log=print, extra: Sequence[dict] = (),
-                   lr: float = 1e-3, max_len: int = 256, schedule: bool = False) -> Path:
-    """The base tuned on the chat records of ``instructions`` plus ``extra`` ones (loss on answers only)."""
+                   lr: float = 1e-3, max_len: int = 256, schedule: bool = False, embed_lr: float | None = None,
+                   check: Callable[[object], bool] | None = None, check_every: float = 60.0, history: dict | None = None) -> Path:
+    """The base tuned on the chat records of ``instructions`` plus ``extra`` ones (loss on answers only).
+
+    ``embed_lr``: a separate learning rate for the input and output embeddings (LEP assumes instruction
+    tuning moves them little). ``check(model)`` runs every ``check_every`` seconds and stops the training
+    early when it returns True (``seconds`` is then the limit). ``history`` (a dict) receives the steps
+    and the seconds taken.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base))
     batches = _chat_batches(tok, instructions, batch=8, seed=1, max_len=max_len, extra=extra)
-    steps = _train(model, batches, seconds, lr, log, "instruct", schedule=schedule)
+    began = time.perf_counter()
+    steps = _train(model, batches, seconds, lr, log, "instruct", schedule=schedule,
+                   groups=embedding_groups(model, lr, embed_lr), check=check, check_every=check_every)
+    if history is not None:
+        history.update(steps=steps, seconds=round(time.perf_counter() - began, 1))
     model.save_pretrained(str(out), max_shard_size="4MB")
     tok.save_pretrained(str(out))
     log(f"  instruct: {steps} steps")
