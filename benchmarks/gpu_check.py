@@ -88,8 +88,9 @@ def _train_config(work: Path, base: Path, corpus: Path, train: str, sharding: st
 def check_training(out: Path, base: Path, train: str) -> str:
     """Frozen tensors bit-identical to the base; with new_rows the old rows too."""
     before, after = _weights(base), _weights(out)
-    for name, tensor in before.items():
-        trained = after[name].to(tensor.dtype)
+    for name, start in before.items():
+        trained = after[name]
+        tensor = start.to(trained.dtype)  # a bf16 run saves the frozen tensors as the bf16 model held them
         if "embed_tokens" in name or "lm_head" in name:
             if train == "new_rows" and not torch.equal(trained[: tensor.shape[0]], tensor):
                 return f"old rows of {name} moved"

@@ -188,7 +188,7 @@ def _write_model(plan: Plan, method: str, spilled: dict[str, Path], target: Path
         "shards_copied": written["copied"],
         "shards_rewritten": written["rewritten"],
         "tensor_bytes": written["bytes"],
-        **{k: report[k] for k in ("inputs", "tied", "out_rows")},
+        **{k: report[k] for k in ("device", "inputs", "tied", "out_rows")},
     }
     (target / REPORT).write_text(json.dumps(method_report, indent=2) + "\n", encoding="utf-8")
     from lep_plugin.publish.outputs import finish_merge_output
