@@ -4,7 +4,8 @@ training) inside a normal ``axolotl train`` run. Thin: the work is in the siblin
 Hook order relied on (Axolotl 0.19, same names in 0.21):
 
 1. ``register(cfg)`` – raw YAML dict, *before* config validation and before datasets are tokenized:
-   parse ``lep:``, start gloo for DeepSpeed on CPU, build/reuse the vocabulary, point
+   parse ``lep:``, make launched ranks without a GPU real CPU ranks and start gloo for DeepSpeed on
+   CPU (plugin.distributed), build/reuse the vocabulary, point
    ``cfg.tokenizer_config`` at it (Axolotl's validation keeps that key, so the tokenizer Axolotl loads for
    the datasets and the trainer is the new one).
 2. ``load_datasets`` (returns None: only fixes a CPU multi-process device_map), then Axolotl loads and
@@ -16,7 +17,8 @@ Hook order relied on (Axolotl 0.19, same names in 0.21):
    Axolotl's ``unfrozen_parameters`` step comes after this hook; the plugin refuses that setting
    (args.yaml_conflicts), so nothing undoes the freezing.
 5. trainer built → ``add_callbacks_post_trainer`` (manifest into each checkpoint, per-rank run info, the
-   ``lep.eval`` callback of lep_plugin.plugin.eval_callback) → ``post_trainer_create``
+   ``lep.eval`` callback of lep_plugin.plugin.eval_callback, DeepSpeed's step under no_grad on gloo ranks,
+   the ``new_rows`` mask of FSDP2's sharded gradients) → ``post_trainer_create``
    (freezing re-asserted on the trainer's model, before the optimizer is created inside ``train()``).
 6. ``post_train`` – called twice (after ``trainer.train`` and after the final save): copies the manifest
    into ``output_dir``; idempotent.
