@@ -98,12 +98,13 @@ class LEPEvalCallback(TrainerCallback):
         if model is None or tokenizer is None:
             raise RuntimeError("LEP evaluation callback needs the model and the tokenizer")
         step = state.global_step
-        if forward_needs_all_ranks(model) or state.is_world_process_zero:
+        every_rank = forward_needs_all_ranks(model)
+        if every_rank or state.is_world_process_zero:
             record = evaluate_model(model, tokenizer, self.tasks, self.settings, name=f"step-{step}")
             log_rank(f"lep.eval at step {step}: {record['seconds']:.1f} s")
         else:
             record = None
-        if not forward_needs_all_ranks(model):
+        if not every_rank:
             # the others wait here for rank 0's result: the trainer's logging below may be a collective
             # (Axolotl's callbacks reduce metrics across ranks), so every rank logs the same record
             record = broadcast_from_main(record)

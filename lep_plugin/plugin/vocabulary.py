@@ -138,7 +138,7 @@ def locate_vocabulary(cfg: dict[str, Any], section: VocabSection, memo: bool = F
     key = _digest("build", old_fp, corpus, options.model_dump_json())
 
     def build(output: Path) -> None:
-        build_vocabulary(old_dir, files, options, output)
+        build_vocabulary(old_dir, files, options, output, corpus_hash=corpus)
 
     described = f"{options.method} vocabulary (vocab_size {options.vocab_size:,}) from {len(files)} corpus file(s)"
     return VocabTarget(old_dir, root / f"{CACHE_PREFIX}{key}", build, described)

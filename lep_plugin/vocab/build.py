@@ -64,8 +64,12 @@ def build_vocabulary(
     options: VocabOptions,
     output: str | os.PathLike,
     force: bool = False,
+    corpus_hash: str | None = None,
 ) -> Path:
-    """Build the new tokenizer dir ``output`` (HF files + ``lep_vocab.json`` manifest), atomically."""
+    """Build the new tokenizer dir ``output`` (HF files + ``lep_vocab.json`` manifest), atomically.
+
+    ``corpus_hash``: the corpus' ``corpus_fingerprint`` when the caller has it already (the plugin keyed
+    its cache on it), so a large corpus is not hashed a second time."""
     output = Path(output)
     check_output_dir(output, force)
     files = expand_corpus(corpus)
@@ -91,7 +95,7 @@ def build_vocabulary(
         "old_vocab_size": len(old),
         "new_vocab_size": _vocab_len(new_spec),
         "corpus": [str(f) for f in files],
-        "corpus_fingerprint": corpus_fingerprint(files, options.text_field, options.max_chars),
+        "corpus_fingerprint": corpus_hash or corpus_fingerprint(files, options.text_field, options.max_chars),
         "old_tokenizer": str(old_tokenizer),
         "old_tokenizer_fingerprint": fingerprint_tokenizer(old),
         **stats,
