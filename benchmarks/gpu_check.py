@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import run_mode  # noqa: E402
 
 from lep_plugin.checkpoints.discover import open_checkpoint  # noqa: E402
-from lep_plugin.demo.pipeline import SHARED, _env  # noqa: E402
+from lep_plugin.demo.pipeline import SHARED  # noqa: E402
+from lep_plugin.demo.pipeline import _run as run_logged  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FSDP = {
@@ -55,12 +55,9 @@ FSDP = {
 
 
 def _run(cmd: list[str], log: Path) -> float:
+    """``demo.pipeline``'s runner (its error names the log and quotes its end), timed."""
     start = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, check=False)
-    if proc.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)[-300:]}")
+    run_logged(cmd, log, lambda _: None)
     return time.perf_counter() - start
 
 
@@ -85,23 +82,42 @@ def _train_config(work: Path, base: Path, corpus: Path, train: str, sharding: st
     return cfg
 
 
+def _initial_embeddings(base: Path, out: Path) -> dict[str, torch.Tensor]:
+    """The T-initialised embeddings the run started from (the base converted to the run's vocabulary)."""
+    from transformers import AutoModelForCausalLM
+
+    from lep_plugin.common.tokenizers import load_tokenizer
+    from lep_plugin.vocab.convert import convert_embeddings
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    convert_embeddings(model, load_tokenizer(out), load_tokenizer(base))
+    return {name: p.detach() for name, p in model.named_parameters() if "embed_tokens" in name or "lm_head" in name}
+
+
 def check_training(out: Path, base: Path, train: str) -> str:
-    """Frozen tensors bit-identical to the base; with new_rows the old rows too."""
-    before, after = _weights(base), _weights(out)
+    """Frozen tensors bit-identical to the base; the embeddings trained (with new_rows: the new rows
+    moved from their T-initialisation and the old rows stayed the base's)."""
+    before, after, start_rows = _weights(base), _weights(out), _initial_embeddings(base, out)
     for name, start in before.items():
         trained = after[name]
         tensor = start.to(trained.dtype)  # a bf16 run saves the frozen tensors as the bf16 model held them
-        if "embed_tokens" in name or "lm_head" in name:
-            if train == "new_rows" and not torch.equal(trained[: tensor.shape[0]], tensor):
-                return f"old rows of {name} moved"
-            if torch.equal(trained[: tensor.shape[0]], tensor) and trained.shape == tensor.shape:
-                return f"{name} did not change"
+        if name in start_rows:
+            rows = tensor.shape[0]
+            old_kept = torch.equal(trained[:rows], tensor)
+            if train == "new_rows" and not old_kept:
+                return f"FAILED: old rows of {name} moved"
+            if train == "embeddings" and old_kept:
+                return f"FAILED: the old rows of {name} did not train"
+            if torch.equal(trained[rows:], start_rows[name][rows:].to(trained.dtype)):
+                return f"FAILED: the new rows of {name} did not train"
         elif not torch.equal(trained, tensor):
-            return f"{name} changed although frozen"
-    return "frozen tensors bit-identical" + (", old rows kept" if train == "new_rows" else "")
+            return f"FAILED: {name} changed although frozen"
+    return "embeddings trained, frozen tensors bit-identical" + (", old rows kept" if train == "new_rows" else "")
 
 
 def compare_merges(work: Path, base: Path, instruct: Path, adapted: Path, device: str) -> tuple[str, float]:
+    if device == "cpu":
+        return "skipped: no GPU to compare the CPU path with", 0.0
     outputs, seconds = {}, {}
     for where in (device, "cpu"):
         outputs[where] = work / f"merge-{where}"
@@ -126,8 +142,13 @@ def step_8b(device: str, small: bool) -> str:
         queue = context.Queue()
         process = context.Process(target=run_mode, args=(mode, args, queue))
         process.start()
-        results[mode] = queue.get()
-        process.join()
+        process.join(timeout=300)  # a child that dies (out of memory) puts nothing: never wait on it forever
+        if process.is_alive():
+            process.kill()
+            raise RuntimeError(f"{mode} step did not finish in 300 s")
+        if process.exitcode != 0:
+            raise RuntimeError(f"{mode} step exited with {process.exitcode}")
+        results[mode] = queue.get(timeout=10)
     full, emb = results["full"], results["embeddings"]
     unit = "GiB allocated" if device != "cpu" else "GiB max RSS"
     return (f"vocab {shape['vocab']:,}, d={shape['hidden']}, {shape['layers']} layers, {args['dtype']}: embeddings step "

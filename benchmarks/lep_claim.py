@@ -104,10 +104,10 @@ def copy_checker(tokenizer_dir: Path, files: dict[str, Path], samples: int, targ
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
+    from lep_plugin.checkpoints.discover import open_checkpoint
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    checkpoint = open_checkpoint(model_dir, "model", prefer_deepspeed=False)
+    return {name: checkpoint.get(name).float() for name in checkpoint.names()}
 
 
 def relative_changes(base_dir: Path, instruct_dir: Path) -> dict[str, float]:
@@ -470,10 +470,8 @@ def main() -> None:  # noqa: C901 - one pipeline, in order
         groups["baseline: instruct embeddings trained directly"] = [f"s{s} baseline: instruct embeddings trained directly" for s in seeds]
     main_rows = group_rows(records, groups, ref)
     alone_rows = group_rows(records, {f"propagation only · {m}": [f"propagation only (old vocab) · {m}"] for m in METHODS}, ref)
-    final = {m: mean_sd([_score(records[f"s{s} {S} steps · {m}"], "ru/heldout", "sentence_copy") for s in seeds])[0] for m in METHODS}
-    best, worst = max(final, key=final.get), min(final, key=final.get)
     stage_groups: dict[str, list[str]] = {}
-    for m in dict.fromkeys((best, worst)):
+    for m in METHODS:
         stage_groups[f"{m}: old vocab, base embeddings (propagation only)"] = [f"propagation only (old vocab) · {m}"]
         stage_groups[f"{m}: new vocab + T-init (step 0)"] = [f"T-init (step 0) · {m}"]
         for step in [*ckpt_steps, S]:
@@ -529,7 +527,7 @@ occurrence / the same passage repeated right after): {json.dumps(facts['repeat_l
 ## Propagation alone (old vocabulary, adapted = base untrained)
 {rows_table(alone_rows)}
 
-## Where skill is lost (best: {best}, worst: {worst})
+## Where skill is lost (each method, stage by stage)
 {rows_table(stage_rows)}
 
 ## The base side (plain few-shot prompt; kept = vs the base)
@@ -546,7 +544,7 @@ conversion keeps {fmt(*conv['ru sentence copy kept'], pct=True)} of the instruct
 """
     (out / "report.md").write_text(report, encoding="utf-8")
     summary = {"facts": facts, "times": times, "total_seconds": all_time, "main": main_rows, "propagation_alone": alone_rows,
-               "stages": stage_rows, "base_side": base_rows, "curve": curve, "chance": chance, "best": best, "worst": worst}
+               "stages": stage_rows, "base_side": base_rows, "curve": curve, "chance": chance}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     log(report)
 

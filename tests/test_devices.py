@@ -94,7 +94,8 @@ def test_model_on_meta_converts_to_the_new_vocabulary(mistral_trio):
     assert model.config.vocab_size == rows
 
 
-def test_resolve_device_on_a_machine_without_cuda():
+def test_resolve_device_on_a_machine_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
     assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     for choice, message in (("cuda", "sees no CUDA GPU"), ("cuda:1", "sees no CUDA GPU"), ("gpu", "expected auto, cpu")):

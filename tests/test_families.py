@@ -218,6 +218,13 @@ def test_family_end_to_end(name, tiny_families, ru_corpus_small, tmp_path):
         base_rows = load_weights(models.base)["model.embed_tokens.weight"][:old_ids]
         was_trained = trained_rows(base_rows)
         assert torch.equal(trained[:old_ids][was_trained], base_rows[was_trained])
+    else:  # every row trains: the old ones moved away from the base's
+        base_rows = load_weights(models.base)["model.embed_tokens.weight"]
+        assert not torch.equal(trained[: base_rows.shape[0]], base_rows)
+    base_weights, adapted_weights = load_weights(models.base), load_weights(adapted)
+    for name, tensor in base_weights.items():  # the transformer body is the base's, bit for bit
+        if "embed_tokens" not in name and "lm_head" not in name:
+            assert torch.equal(adapted_weights[name], tensor), f"{name} changed although frozen"
     _check_tied(adapted, fam)
 
     # lep-merge: one fit per matrix (one for a tied model), every method chat-ready

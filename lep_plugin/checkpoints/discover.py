@@ -18,7 +18,7 @@ from lep_plugin.errors import LEPError
 HF_READERS: tuple[type[Checkpoint], ...] = (SafetensorsCheckpoint, TorchBinCheckpoint)
 
 
-def _checkpoint_number(path: Path) -> int:
+def checkpoint_number(path: Path) -> int:
     match = re.fullmatch(r"checkpoint-(\d+)", path.name)
     return int(match.group(1)) if match else -1
 
@@ -35,9 +35,9 @@ def resolve_model_dir(path: Path, what: str) -> Path:
         raise LEPError(f"{what} {path} is not a directory")
     if has_hf_weights(path) or DeepSpeedCheckpoint.detect(path):
         return path
-    numbered = [p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0]
+    numbered = [p for p in path.glob("checkpoint-*") if p.is_dir() and checkpoint_number(p) >= 0]
     if numbered:
-        return resolve_model_dir(max(numbered, key=_checkpoint_number), what)
+        return resolve_model_dir(max(numbered, key=checkpoint_number), what)
     raise LEPError(f"{what} {path} holds no model weights (no safetensors, pytorch_model*.bin or DeepSpeed checkpoint)")
 
 

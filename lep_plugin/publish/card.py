@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lep_plugin.checkpoints.discover import checkpoint_number
 from lep_plugin.common.fs import read_json, write_text_atomic
 from lep_plugin.common.tokenizers import chars_per_token_change
 from lep_plugin.errors import LEPError
@@ -116,7 +117,7 @@ def trainer_state(run_dir: Path | None) -> dict[str, Any] | None:
         return None
     run_dir = Path(run_dir)
     candidates = [run_dir / TRAINER_STATE]
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=checkpoint_number)
     candidates += [c / TRAINER_STATE for c in reversed(checkpoints)]
     candidates += [run_dir.parent / TRAINER_STATE] if run_dir.name.startswith("checkpoint-") else []
     for path in candidates:

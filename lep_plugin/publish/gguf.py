@@ -15,7 +15,6 @@ What an LEP model needs beyond the converter, provided in a staging dir of links
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -29,7 +28,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lep_plugin.common.fs import atomic_file, check_no_overlap, check_output_file
+from lep_plugin.common.fs import (
+    atomic_file,
+    check_no_overlap,
+    check_output_file,
+    read_json,
+)
 from lep_plugin.common.tokenizers import MANIFEST, read_manifest, tokenizer_style
 from lep_plugin.errors import LEPError
 from lep_plugin.publish.llama_cpp import find_llama_cpp
@@ -76,12 +80,7 @@ def _pipeline(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenizer_spec(directory: Path) -> dict[str, Any] | None:
     path = directory / "tokenizer.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise LEPError(f"{path} is not valid JSON: {err}") from None
+    return read_json(path, "tokenizer") if path.is_file() else None
 
 
 def find_original_tokenizer(model_dir: Path, given: Path | None = None) -> Path | None:
@@ -173,7 +172,7 @@ def _plan_sentencepiece(plan: ExportPlan, spec: dict[str, Any], build) -> None:
     if _existing_sentencepiece_matches(model_dir, spec) or (not plan.lep and (model_dir / SP_MODEL).is_file()):
         return
     config_path = model_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = read_json(config_path, "tokenizer config") if config_path.is_file() else {}
     try:
         plan.sentencepiece_model = build(spec, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
     except LEPError as err:
