@@ -13,19 +13,32 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo bench gguf-check clean
+.PHONY: install lock lint test test-fast demo bench gguf-check clean
 
-$(VENV)/.installed: pyproject.toml
+# .ci/constraints.txt pins what the suite passed with, so a fresh machine installs the same versions.
+CONSTRAINTS ?= .ci/constraints.txt
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch first (a plain `torch` requirement would pull a multi-GB CUDA build)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q torch==2.13.0 -c $(CONSTRAINTS)
+	$(PY) -m pip install -q -e '.[test]' -c $(CONSTRAINTS)
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+# refresh the pins from the current environment (run after a green `make test` on purpose-upgraded packages)
+lock: install
+	{ head -n 2 $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+# lint and format first (seconds): CI enforces the style the same way it enforces the tests
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -ra
 
 test-fast: install

@@ -7,7 +7,9 @@ Llama-3's 128,256) and the new one extends it with Russian BPE tokens (as the pa
 
 Timed, each in its own subprocess (peak RSS: the child's own VmHWM):
 - floor: ``cp -r`` of the instruct dir + one float64 AᵀA product of the fit's shape (V_new × d);
-- ours: ``run_merge(method="conversion")``;
+- the products' own floor in each precision: 2 × (AᵀA by syrk, AᵀΔ, adapted·(P − I)) on random blocks,
+  float64 (``--precision exact``) and float32 (the mixed fit ``auto`` runs for a bf16 checkpoint);
+- ours: ``run_merge(method="conversion")`` (``--precision auto``; the precision each matrix ran in is printed);
 - reference (the authors' way, at Mistral-7B shapes 32,000 × 4,096): three models fully loaded,
   A = T·base and B = T·instruct dense float64, ``torch.linalg.lstsq(driver="gelsy")``; ours is run
   again at the same shapes for the ratio.
@@ -71,7 +73,16 @@ def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def write_model(out: Path, tok_dir: Path, rows: int, layers: int, seed: int, base: Path | None = None, noise: float = 0.0, embeddings_only_from: Path | None = None) -> Path:
+def write_model(
+    out: Path,
+    tok_dir: Path,
+    rows: int,
+    layers: int,
+    seed: int,
+    base: Path | None = None,
+    noise: float = 0.0,
+    embeddings_only_from: Path | None = None,
+) -> Path:
     """A Llama-3-8B-shaped checkpoint in three shards (embeddings + first layers | last layers | norm + lm_head).
 
     ``base`` given: its tensors plus ``noise`` (an instruct model). Random bf16 otherwise."""
@@ -82,7 +93,8 @@ def write_model(out: Path, tok_dir: Path, rows: int, layers: int, seed: int, bas
     g = torch.Generator().manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     groups = [
-        {"model.embed_tokens.weight": (rows, D)} | {k: v for i in range(layers // 2) for k, v in layer_shapes(i).items()},
+        {"model.embed_tokens.weight": (rows, D)}
+        | {k: v for i in range(layers // 2) for k, v in layer_shapes(i).items()},
         {k: v for i in range(layers // 2, layers) for k, v in layer_shapes(i).items()},
         {"model.norm.weight": (D,), "lm_head.weight": (rows, D)},
     ]
@@ -102,9 +114,20 @@ def write_model(out: Path, tok_dir: Path, rows: int, layers: int, seed: int, bas
             weight_map[key] = name
         save_file(tensors, str(out / name), metadata={"format": "pt"})
         del tensors, source
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    config = LlamaConfig(vocab_size=rows, hidden_size=D, intermediate_size=INTER, num_hidden_layers=layers, num_attention_heads=HEADS,
-                         num_key_value_heads=KV_HEADS, tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    config = LlamaConfig(
+        vocab_size=rows,
+        hidden_size=D,
+        intermediate_size=INTER,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     config.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
@@ -128,8 +151,18 @@ def job_ours(base: str, instruct: str, adapted: str, output: str) -> None:
     from lep_plugin.propagation.options import MergeOptions
     from lep_plugin.propagation.run import run_merge
 
-    run_merge(MergeOptions(base=Path(base), instruct=Path(instruct), adapted=Path(adapted), output=Path(output), method="conversion",
-                           check_adapted=False), echo=lambda s: None)  # random synthetic body: not an LEP run
+    report = run_merge(
+        MergeOptions(
+            base=Path(base),
+            instruct=Path(instruct),
+            adapted=Path(adapted),
+            output=Path(output),
+            method="conversion",
+            check_adapted=False,
+        ),
+        echo=lambda s: None,
+    )  # random synthetic body: not an LEP run
+    print(json.dumps({"precision": {role: fits["conversion"]["precision"] for role, fits in report["fits"].items()}}))
 
 
 def job_cp(src: str, dst: str) -> None:
@@ -153,18 +186,23 @@ def job_ata(rows: str, dim: str) -> None:
     print(json.dumps({"compute_s": spent}))
 
 
-def job_products(rows: str, dim: str, matrices: str) -> None:
-    """The bare products an exact conversion fit must do, per matrix: AᵀA (syrk, float64), AᵀB (float64)
-    and the application adapted·P (16-bit, as lep-merge does), on random blocks; products only are timed."""
-    from lep_plugin.math.propagation import NormalEquations, apply_correction
+def job_products(rows: str, dim: str, matrices: str, precision: str = "exact") -> None:
+    """The bare products a conversion fit of ``precision`` must do, per matrix: AᵀA (syrk) and AᵀΔ in the
+    fit's dtype (float64 exact, float32 mixed) and the application adapted·(P − I) (float32, as lep-merge
+    does for a bf16 checkpoint), on random blocks; products only are timed."""
+    from lep_plugin.math.propagation import (
+        NormalEquations,
+        accumulator_dtype,
+        apply_correction,
+    )
 
     rows_, d = int(rows), int(dim)
-    a = torch.randn(8192, d, dtype=torch.float64)
+    a = torch.randn(8192, d, dtype=accumulator_dtype(precision))
     adapted = torch.randn(rows_, d).to(torch.bfloat16)
     p = torch.eye(d, dtype=torch.float64) + 0.01 * torch.randn(d, d, dtype=torch.float64)
     spent = 0.0
     for _ in range(int(matrices)):
-        eq = NormalEquations.zeros(d)
+        eq = NormalEquations.zeros(d, precision=precision)
         for start in range(0, rows_, 8192):
             block = a[: min(8192, rows_ - start)]
             t = time.perf_counter()
@@ -192,7 +230,9 @@ def job_reference(base: str, instruct: str, adapted: str, output: str) -> None:
 
     b, i, a = load(base), load(instruct), load(adapted)
     old_tok, new_tok = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(adapted)
-    op = vocabulary_operator(new_tok, old_tok, "mean", a["model.embed_tokens.weight"].shape[0], b["model.embed_tokens.weight"].shape[0])
+    op = vocabulary_operator(
+        new_tok, old_tok, "mean", a["model.embed_tokens.weight"].shape[0], b["model.embed_tokens.weight"].shape[0]
+    )
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         old_b, old_i = b[name].double(), i[name].double()
         trained = trained_rows(old_b)
@@ -209,7 +249,14 @@ def job_build(root: str, style: str, layers: str) -> None:
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in m.items()}))
 
 
-JOBS = {"ours": job_ours, "cp": job_cp, "ata": job_ata, "products": job_products, "reference": job_reference, "build": job_build}
+JOBS = {
+    "ours": job_ours,
+    "cp": job_cp,
+    "ata": job_ata,
+    "products": job_products,
+    "reference": job_reference,
+    "build": job_build,
+}
 
 
 def peak_rss_gb() -> float:
@@ -227,7 +274,9 @@ def run_child(job: str, *args: str) -> dict:
     """Run a job in a fresh interpreter; its wall time and its own peak RSS (reported by the child)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", job, *args], stdout=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", job, *args], stdout=subprocess.PIPE, env=env, text=True
+    )
     out = proc.stdout.read()
     status = proc.wait()
     wall = time.perf_counter() - start
@@ -238,6 +287,59 @@ def run_child(job: str, *args: str) -> dict:
         if line.startswith("{"):
             result |= json.loads(line)
     return result
+
+
+def built(root: Path, style: str, layers: int) -> dict:
+    """The synthetic base / instruct / adapted dirs of one shape (``build`` child)."""
+    return {
+        k: Path(v) if isinstance(v, str) else v for k, v in run_child("build", str(root), style, str(layers)).items()
+    }
+
+
+def bench_8b(root: Path, layers: int) -> None:
+    """Ours at Llama-3-8B shapes against the cp -r + float64 AᵀA floor and the products' own floors."""
+    m = built(root, "tekken", layers)
+    cp = run_child("cp", str(m["instruct"]), str(root / "cp-copy"))
+    shutil.rmtree(root / "cp-copy")
+    ata = run_child("ata", str(m["rows_new"]), str(D))
+    floor = cp["compute_s"] + ata["compute_s"]
+    products = {p: run_child("products", str(m["rows_new"]), str(D), "2", p) for p in ("exact", "mixed")}
+    ours = run_child("ours", str(m["base"]), str(m["instruct"]), str(m["adapted"]), str(root / "out"))
+    shutil.rmtree(root / "out")
+    threads = torch.get_num_threads()
+    print(f"8B shapes ({m['rows_old']:,} -> {m['rows_new']:,} x {D}, {layers} layers, {threads} threads)")
+    print(f"  floor: cp -r {cp['compute_s']:.1f} s + float64 AtA {ata['compute_s']:.1f} s = {floor:.1f} s")
+    # what each precision's fit cannot avoid: AtA (syrk), AtD and adapted.(P - I) for the input and output matrices
+    for precision, dtype in (("exact", "float64"), ("mixed", "float32")):
+        own = cp["compute_s"] + products[precision]["compute_s"]
+        print(
+            f"  products' own floor, {precision} ({dtype} fit): 2 x [syrk AtA + AtD + adapted.(P-I)] + cp -r = "
+            f"{own:.1f} s = {own / floor:.2f}x the floor; ours is {ours['wall_s'] / own:.2f}x that"
+        )
+    ran = ", ".join(f"{r} {p}" for r, p in ours["precision"].items())
+    print(
+        f"  ours ({ran}): {ours['wall_s']:.1f} s, peak RSS {ours['peak_rss_gb']:.2f} GB   "
+        f"ratio to floor {ours['wall_s'] / floor:.2f}x (goal <= 2.5x, <= 6 GB)"
+    )
+    for k in ("base", "instruct", "adapted"):
+        shutil.rmtree(m[k])
+
+
+def bench_reference(root: Path, layers: int) -> None:
+    """Ours against the authors' way (three models loaded, dense float64 lstsq) at Mistral-7B shapes."""
+    m = built(root, "mistral", layers)
+    ours = run_child("ours", str(m["base"]), str(m["instruct"]), str(m["adapted"]), str(root / "out7"))
+    ref = run_child("reference", str(m["base"]), str(m["instruct"]), str(m["adapted"]), str(root / "ref7"))
+    print(f"Mistral-7B shapes ({m['rows_old']:,} -> {m['rows_new']:,} x {D}, {layers} layers)")
+    print(
+        f"  reference (full load, dense float64 lstsq gelsy): {ref['wall_s']:.1f} s, "
+        f"peak RSS {ref['peak_rss_gb']:.2f} GB"
+    )
+    print(f"  ours: {ours['wall_s']:.1f} s, peak RSS {ours['peak_rss_gb']:.2f} GB")
+    print(
+        f"  speed-up {ref['wall_s'] / ours['wall_s']:.2f}x (target >= 5x), "
+        f"memory {ref['peak_rss_gb'] / ours['peak_rss_gb']:.2f}x less (target >= 3x)"
+    )
 
 
 def main() -> None:
@@ -257,31 +359,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-merge-", dir=args.workdir))
     try:
         if not args.skip_8b:
-            m = {k: Path(v) if isinstance(v, str) else v for k, v in run_child("build", str(root), "tekken", str(args.layers)).items()}
-            cp = run_child("cp", str(m["instruct"]), str(root / "cp-copy"))
-            shutil.rmtree(root / "cp-copy")
-            ata = run_child("ata", str(m["rows_new"]), str(D))
-            floor = cp["compute_s"] + ata["compute_s"]
-            products = run_child("products", str(m["rows_new"]), str(D), "2")
-            ours = run_child("ours", str(m["base"]), str(m["instruct"]), str(m["adapted"]), str(root / "out"))
-            shutil.rmtree(root / "out")
-            print(f"8B shapes ({m['rows_old']:,} -> {m['rows_new']:,} x {D}, {args.layers} layers)")
-            print(f"  floor: cp -r {cp['compute_s']:.1f} s + float64 AtA {ata['compute_s']:.1f} s = {floor:.1f} s")
-            print(f"  ours : {ours['wall_s']:.1f} s, peak RSS {ours['peak_rss_gb']:.2f} GB   ratio to floor {ours['wall_s'] / floor:.2f}x (target <= 1.5x, <= 6 GB)")
-            # what the exact method cannot avoid: AtA (syrk), AtB and adapted.P for the input and output matrices
-            method_floor = cp["compute_s"] + products["compute_s"]
-            print(f"  the method's own bare products (2 x [syrk AtA + AtB + adapted.P]) + cp -r: {method_floor:.1f} s"
-                  f" = {method_floor / floor:.2f}x the floor; ours is {ours['wall_s'] / method_floor:.2f}x that")
-            for k in ("base", "instruct", "adapted"):
-                shutil.rmtree(m[k])
+            bench_8b(root, args.layers)
         if not args.skip_reference:
-            m = {k: Path(v) if isinstance(v, str) else v for k, v in run_child("build", str(root), "mistral", str(args.layers)).items()}
-            ours = run_child("ours", str(m["base"]), str(m["instruct"]), str(m["adapted"]), str(root / "out7"))
-            ref = run_child("reference", str(m["base"]), str(m["instruct"]), str(m["adapted"]), str(root / "ref7"))
-            print(f"Mistral-7B shapes ({m['rows_old']:,} -> {m['rows_new']:,} x {D}, {args.layers} layers)")
-            print(f"  reference (full load, dense float64 lstsq gelsy): {ref['wall_s']:.1f} s, peak RSS {ref['peak_rss_gb']:.2f} GB")
-            print(f"  ours: {ours['wall_s']:.1f} s, peak RSS {ours['peak_rss_gb']:.2f} GB")
-            print(f"  speed-up {ref['wall_s'] / ours['wall_s']:.2f}x (target >= 5x), memory {ref['peak_rss_gb'] / ours['peak_rss_gb']:.2f}x less (target >= 3x)")
+            bench_reference(root, args.layers)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

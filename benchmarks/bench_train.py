@@ -27,8 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MODES = ("full", "embeddings", "lora")
 
 
-def build_model(vocab: int, hidden: int, layers: int, heads: int = 4, kv_heads: int = 4, intermediate: int | None = None,
-                max_positions: int = 1024):
+def build_model(
+    vocab: int,
+    hidden: int,
+    layers: int,
+    heads: int = 4,
+    kv_heads: int = 4,
+    intermediate: int | None = None,
+    max_positions: int = 1024,
+):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -75,8 +82,7 @@ def run_mode(mode: str, args: dict, queue) -> None:
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
     batches = [
-        torch.randint(0, args["vocab"], (args["batch"], args["seq"]), generator=generator).to(device)
-        for _ in range(4)
+        torch.randint(0, args["vocab"], (args["batch"], args["seq"]), generator=generator).to(device) for _ in range(4)
     ]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -95,7 +101,9 @@ def run_mode(mode: str, args: dict, queue) -> None:
             torch.cuda.synchronize()
         if step >= args["warmup"]:
             times.append(time.perf_counter() - start)
-    state_elements = sum(t.numel() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim())
+    state_elements = sum(
+        t.numel() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim()
+    )
     embedding_elements = sum(
         p.numel() for n, p in model.named_parameters() if p.requires_grad and ("embed_tokens" in n or "lm_head" in n)
     )
@@ -142,11 +150,14 @@ def main() -> None:
 
     full = results["full"]
     print(
-        f"Llama {args['layers']} layers, d={args['hidden']}, vocab {args['vocab']}, batch {args['batch']}×{args['seq']}, "
+        f"Llama {args['layers']} layers, d={args['hidden']}, vocab {args['vocab']}, "
+        f"batch {args['batch']}×{args['seq']}, "
         f"{args['steps']} steps on {args['device']} (peak memory: "
         f"{'max allocated' if args['device'].startswith('cuda') else 'max RSS of the process'})"
     )
-    print(f"{'mode':<11} {'step ms':>8} {'×full':>6} {'peak MiB':>9} {'×full':>6} {'trainable':>11} {'optim state':>12}")
+    print(
+        f"{'mode':<11} {'step ms':>8} {'×full':>6} {'peak MiB':>9} {'×full':>6} {'trainable':>11} {'optim state':>12}"
+    )
     for mode, r in results.items():
         print(
             f"{mode:<11} {r['step_s'] * 1e3:8.1f} {r['step_s'] / full['step_s']:6.2f} {r['peak_mib']:9.0f} "

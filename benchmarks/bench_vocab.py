@@ -60,14 +60,21 @@ def main() -> None:
         mistral = import_mistral_common_tokenizer(mistral_common_file("tokenizer.model.v1"), tmp / "mistral")
         tekken = import_mistral_common_tokenizer(mistral_common_file("tekken_240718.json"), tmp / "tekken")
         corpus_chars = sum(1 for _ in open(CORPUS, encoding="utf-8"))  # warm the page cache
-        _, build_s = timed(lambda: build_vocabulary(mistral, [CORPUS], VocabOptions(method="bpe", vocab_size=32000), tmp / "bpe32k"))
+        _, build_s = timed(
+            lambda: build_vocabulary(mistral, [CORPUS], VocabOptions(method="bpe", vocab_size=32000), tmp / "bpe32k")
+        )
         print(f"build 32k BPE on {CORPUS.name} ({corpus_chars} docs): {build_s:.1f} s (goal ≤ 60 s)")
         _, tekken_build_s = timed(
-            lambda: build_vocabulary(tekken, [CORPUS], VocabOptions(method="optimize", vocab_size=32000, keep=110000), tmp / "tk")
+            lambda: build_vocabulary(
+                tekken, [CORPUS], VocabOptions(method="optimize", vocab_size=32000, keep=110000), tmp / "tk"
+            )
         )
         print(f"build Tekken optimize (110k kept + 32k BPE): {tekken_build_s:.1f} s")
 
-        for label, old_dir, new_dir in (("32k (Mistral OLD)", mistral, tmp / "bpe32k"), ("128k (Tekken OLD)", tekken, tmp / "tk")):
+        for label, old_dir, new_dir in (
+            ("32k (Mistral OLD)", mistral, tmp / "bpe32k"),
+            ("128k (Tekken OLD)", tekken, tmp / "tk"),
+        ):
             old_tok, new_tok = load_tokenizer(old_dir), load_tokenizer(new_dir)
             old = torch.randn(len(old_tok), args.dim)
             old[5:20] = 0.0  # untrained rows, as in a real base model
@@ -77,7 +84,8 @@ def main() -> None:
             torch.testing.assert_close(fast[: len(new_tok)], slow, rtol=1e-4, atol=1e-5)
             total = t_s + init_s
             print(
-                f"T + init {label}: {len(new_tok):,}×{args.dim} in {total:.2f} s (T {t_s:.2f} s, T·old {init_s:.2f} s); "
+                f"T + init {label}: {len(new_tok):,}×{args.dim} in {total:.2f} s "
+                f"(T {t_s:.2f} s, T·old {init_s:.2f} s); "
                 f"per-token loop {loop_s:.2f} s; loop / vectorised = {loop_s / total:.1f}×"
             )
 

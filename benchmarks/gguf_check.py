@@ -28,7 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lep_plugin.common.corpus import first_texts
 from lep_plugin.common.fs import atomic_output_dir
+from lep_plugin.demo.pipeline import SHARED
+from lep_plugin.propagation.options import MergeOptions
+from lep_plugin.propagation.run import run_merge
 from lep_plugin.publish.gguf import GGUFOptions, export_gguf
 from lep_plugin.publish.llama_cpp import built_bindings
 from lep_plugin.vocab.build import build_vocabulary
@@ -39,7 +43,6 @@ from lep_plugin.vocab.mistral import (
 )
 from lep_plugin.vocab.options import VocabOptions
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAMILIES = {"mistral-v1 (SentencePiece-style)": "tokenizer.model.v1", "tekken (byte-level)": "tekken_240718.json"}
 PROMPTS = [
     "Привет! Перескажи в двух предложениях, о чём этот текст: «Мороз и солнце; день чудесный!»",
@@ -50,19 +53,26 @@ PROMPTS = [
 
 
 def _texts(path: Path, limit: int | None = None) -> list[str]:
-    from lep_plugin.common.corpus import first_texts
-
     return first_texts([path], limit)
 
 
 def _tiny_mistral(tok_dir: Path, out: Path, seed: int) -> Path:
+    # transformers here, not at the top: seconds of start-up that --help need not pay
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     config = MistralConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False, initializer_range=0.1,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(seed)
     MistralForCausalLM(config).save_pretrained(str(out))
@@ -89,22 +99,23 @@ def _perturbed(src: Path, out: Path, seed: int, scale: float, only_embeddings: b
 
 def build_lep_model(family: str, source: str, root: Path, corpus: Path) -> Path:
     """The LEP pipeline on a tiny model of ``family``; returns the lep-merge output dir."""
-    from lep_plugin.propagation.options import MergeOptions
-    from lep_plugin.propagation.run import run_merge
-
     root.mkdir(parents=True, exist_ok=True)
     tok = import_mistral_common_tokenizer(mistral_common_file(source), root / "tokenizer")
     base = _tiny_mistral(tok, root / "base", seed=0)
     instruct = _perturbed(base, root / "instruct", seed=1, scale=0.02)
-    new_tok = build_vocabulary(tok, [corpus], VocabOptions(method="extend", vocab_size=3000, max_chars=300_000), root / "tokenizer-extend")
+    options = VocabOptions(method="extend", vocab_size=3000, max_chars=300_000)
+    new_tok = build_vocabulary(tok, [corpus], options, root / "tokenizer-extend")
     convert_checkpoint(base, new_tok, root / "converted")
     adapted = _perturbed(root / "converted", root / "adapted", seed=2, scale=0.01, only_embeddings=True)
-    run_merge(MergeOptions(base=base, instruct=instruct, adapted=adapted, output=root / "lep", method="conversion"), echo=lambda _: None)
+    merge_options = MergeOptions(
+        base=base, instruct=instruct, adapted=adapted, output=root / "lep", method="conversion"
+    )
+    run_merge(merge_options, echo=lambda _: None)
     return root / "lep"
 
 
 def _llama(gguf_path: Path):
-    from llama_cpp import Llama
+    from llama_cpp import Llama  # importable only once main() has put the built bindings on sys.path
 
     return Llama(model_path=str(gguf_path), n_ctx=1024, n_batch=1024, logits_all=True, verbose=False, n_threads=2)
 
@@ -118,7 +129,11 @@ def check_tokenization(llm, tok, texts: list[str]) -> tuple[int, list[str]]:
             differ += 1
             if len(examples) < 2:
                 i = next((k for k in range(min(len(hf), len(cpp))) if hf[k] != cpp[k]), min(len(hf), len(cpp)))
-                examples.append(f"HF {tok.convert_ids_to_tokens(hf[i:i + 3])} vs llama.cpp {tok.convert_ids_to_tokens(cpp[i:i + 3])}")
+                hf_pieces, cpp_pieces = (
+                    tok.convert_ids_to_tokens(hf[i : i + 3]),
+                    tok.convert_ids_to_tokens(cpp[i : i + 3]),
+                )
+                examples.append(f"HF {hf_pieces} vs llama.cpp {cpp_pieces}")
     return differ, examples
 
 
@@ -148,7 +163,8 @@ def check_chat(llm, model, tok, steps: int, original_llm=None, original_tok=None
         row = {"prompt_ids_equal": llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ids}
         if original_llm is not None:
             original_ids = original_tok(text, add_special_tokens=False)["input_ids"]
-            row["original_prompt_ids_equal"] = original_llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == original_ids
+            original_cpp = original_llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            row["original_prompt_ids_equal"] = original_cpp == original_ids
         with torch.no_grad():
             hf, margins, hf_logits = _hf_greedy(model, ids, steps)
         llm.reset()
@@ -160,13 +176,96 @@ def check_chat(llm, model, tok, steps: int, original_llm=None, original_tok=None
             if int(np.argmax(cpp_row)) != hf[k]:
                 (ties if margins[k] < TIE else differ).append(k)
             llm.eval([hf[k]])
-        row |= {"steps_differ": differ, "steps_tied": ties, "max_logit_delta": delta, "generation_equal": not differ and not ties}
+        row |= {
+            "steps_differ": differ,
+            "steps_tied": ties,
+            "max_logit_delta": delta,
+            "generation_equal": not differ and not ties,
+        }
         rows.append(row)
     return rows
 
 
 # top-2 logit margin below which a different greedy choice is a numerical tie, not a different model
 TIE = 1e-3
+
+
+def check_family(
+    family: str,
+    source: str,
+    out: Path,
+    corpus: Path,
+    heldout: dict[str, list[str]],
+    tokens: int,
+    timings: dict[str, float],
+) -> dict:
+    """The LEP pipeline for one family, its GGUF export (and the original instruct model's), then the
+    tokenization and chat checks in llama.cpp; the family's result record."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t = time.time()
+    slug = family.split()[0]
+    lep = build_lep_model(family, source, out / slug, corpus)
+    timings[f"{slug}: LEP pipeline"] = time.time() - t
+    t = time.time()
+    gguf_path = out / f"{slug}-lep.f32.gguf"
+    summary = export_gguf(lep, GGUFOptions(output=gguf_path, outtype="f32"), echo=lambda _: None)
+    timings[f"{slug}: lep export gguf"] = time.time() - t
+    t = time.time()
+    original_gguf = out / f"{slug}-original-instruct.f16.gguf"
+    export_gguf(out / slug / "instruct", GGUFOptions(output=original_gguf), echo=lambda _: None)
+    tok = AutoTokenizer.from_pretrained(str(lep))
+    model = AutoModelForCausalLM.from_pretrained(str(lep), dtype=torch.float32).eval()
+    llm = _llama(gguf_path)
+    tokenization = {lang: check_tokenization(llm, tok, texts) for lang, texts in heldout.items()}
+    original_tok = AutoTokenizer.from_pretrained(str(out / slug / "instruct"))
+    chat = check_chat(llm, model, tok, tokens, _llama(original_gguf), original_tok)
+    timings[f"{slug}: llama.cpp checks"] = time.time() - t
+    # the LEP model must tokenize chat prompts in llama.cpp as its original instruct model does there
+    family_ok = all(d == 0 for d, _ in tokenization.values()) and all(
+        r["prompt_ids_equal"] == r["original_prompt_ids_equal"] and not r["steps_differ"] for r in chat
+    )
+    return {
+        "family": family,
+        "pre_tokenizer": summary["pre_tokenizer"],
+        "tokenizer": summary["tokenizer"],
+        "notes": summary["notes"],
+        "tokenization": tokenization,
+        "chat": chat,
+        "ok": family_ok,
+    }
+
+
+def print_results(results: list[dict], heldout: dict[str, list[str]], tokens: int, timings: dict[str, float]) -> None:
+    """The table of both families, the tokenization differences and GGUF notes, the stage times."""
+    print(
+        "\n| family | GGUF tokenizer | held-out docs tokenized differently (ru / en) "
+        "| chat prompts: ids equal, LEP (original) "
+        "| greedy steps: llama.cpp's choice = transformers' | max abs logit difference |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        tk, chat = r["tokenization"], r["chat"]
+        steps = len(chat) * tokens
+        agree = steps - sum(len(c["steps_differ"]) + len(c["steps_tied"]) for c in chat)
+        ties = sum(len(c["steps_tied"]) for c in chat)
+        print(
+            f"| {r['family']} | {r['tokenizer']} / {r['pre_tokenizer']} "
+            f"| {tk['ru'][0]} of {len(heldout['ru'])} / {tk['en'][0]} of {len(heldout['en'])} "
+            f"| {sum(c['prompt_ids_equal'] for c in chat)} of {len(chat)} "
+            f"({sum(c['original_prompt_ids_equal'] for c in chat)} of {len(chat)}) "
+            f"| {agree} of {steps}"
+            + (f" (+{ties} ties, top-2 margin < {TIE:g})" if ties else "")
+            + f" | {max(c['max_logit_delta'] for c in chat):.1e} |"
+        )
+    for r in results:
+        for lang, (_, examples) in r["tokenization"].items():
+            for example in examples:
+                print(f"  {r['family']} {lang}: e.g. {example}")
+        for note in r["notes"]:
+            print(f"  {r['family']} note: {note}")
+    for name, seconds in timings.items():
+        print(f"  {name}: {seconds:.1f} s")
 
 
 def main() -> int:
@@ -181,62 +280,20 @@ def main() -> int:
     t = time.time()
     sys.path.insert(0, str(built_bindings()))
     timings["llama.cpp build (0 when cached)"] = time.time() - t
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     heldout = {lang: _texts(SHARED / lang / "heldout.jsonl", args.docs) for lang in ("ru", "en")}
-    results, ok = [], True
+    results = []
     with atomic_output_dir(args.out, force=True) as out:
         corpus = out / "ru-train-slice.jsonl"
-        corpus.write_text("".join(json.dumps({"text": x}, ensure_ascii=False) + "\n" for x in _texts(SHARED / "ru" / "train.jsonl", 800)), encoding="utf-8")
+        lines = (json.dumps({"text": x}, ensure_ascii=False) + "\n" for x in _texts(SHARED / "ru" / "train.jsonl", 800))
+        corpus.write_text("".join(lines), encoding="utf-8")
         for family, source in FAMILIES.items():
-            t = time.time()
-            slug = family.split()[0]
-            lep = build_lep_model(family, source, out / slug, corpus)
-            timings[f"{slug}: LEP pipeline"] = time.time() - t
-            t = time.time()
-            gguf_path = out / f"{slug}-lep.f32.gguf"
-            summary = export_gguf(lep, GGUFOptions(output=gguf_path, outtype="f32"), echo=lambda _: None)
-            timings[f"{slug}: lep export gguf"] = time.time() - t
-            t = time.time()
-            original_gguf = out / f"{slug}-original-instruct.f16.gguf"
-            export_gguf(out / slug / "instruct", GGUFOptions(output=original_gguf), echo=lambda _: None)
-            tok = AutoTokenizer.from_pretrained(str(lep))
-            model = AutoModelForCausalLM.from_pretrained(str(lep), dtype=torch.float32).eval()
-            llm = _llama(gguf_path)
-            tokenization = {lang: check_tokenization(llm, tok, texts) for lang, texts in heldout.items()}
-            chat = check_chat(llm, model, tok, args.tokens, _llama(original_gguf), AutoTokenizer.from_pretrained(str(out / slug / "instruct")))
-            timings[f"{slug}: llama.cpp checks"] = time.time() - t
-            # the LEP model must tokenize chat prompts in llama.cpp as its original instruct model does there
-            family_ok = all(d == 0 for d, _ in tokenization.values()) and all(
-                r["prompt_ids_equal"] == r["original_prompt_ids_equal"] and not r["steps_differ"] for r in chat
-            )
-            ok &= family_ok
-            results.append({"family": family, "pre_tokenizer": summary["pre_tokenizer"], "tokenizer": summary["tokenizer"],
-                            "notes": summary["notes"], "tokenization": tokenization, "chat": chat, "ok": family_ok})
-            del llm, model
-        (out / "gguf_check.json").write_text(json.dumps({"results": results, "seconds": timings}, indent=2, ensure_ascii=False) + "\n")
-
-    print("\n| family | GGUF tokenizer | held-out docs tokenized differently (ru / en) | chat prompts: ids equal, LEP (original) "
-          "| greedy steps: llama.cpp's choice = transformers' | max abs logit difference |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in results:
-        tk, chat = r["tokenization"], r["chat"]
-        steps = len(chat) * args.tokens
-        agree = steps - sum(len(c["steps_differ"]) + len(c["steps_tied"]) for c in chat)
-        ties = sum(len(c["steps_tied"]) for c in chat)
-        print(f"| {r['family']} | {r['tokenizer']} / {r['pre_tokenizer']} | {tk['ru'][0]} of {len(heldout['ru'])} / {tk['en'][0]} of {len(heldout['en'])} "
-              f"| {sum(c['prompt_ids_equal'] for c in chat)} of {len(chat)} ({sum(c['original_prompt_ids_equal'] for c in chat)} of {len(chat)}) "
-              f"| {agree} of {steps}" + (f" (+{ties} ties, top-2 margin < {TIE:g})" if ties else "")
-              + f" | {max(c['max_logit_delta'] for c in chat):.1e} |")
-    for r in results:
-        for lang, (differ, examples) in r["tokenization"].items():
-            for example in examples:
-                print(f"  {r['family']} {lang}: e.g. {example}")
-        for note in r["notes"]:
-            print(f"  {r['family']} note: {note}")
-    for name, seconds in timings.items():
-        print(f"  {name}: {seconds:.1f} s")
-    print(f"gguf-check: {'PASSED' if ok else 'FAILED'} in {time.time() - started:.0f} s (results in {args.out}/gguf_check.json)")
+            results.append(check_family(family, source, out, corpus, heldout, args.tokens, timings))
+        record = {"results": results, "seconds": timings}
+        (out / "gguf_check.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    ok = all(r["ok"] for r in results)
+    print_results(results, heldout, args.tokens, timings)
+    verdict = "PASSED" if ok else "FAILED"
+    print(f"gguf-check: {verdict} in {time.time() - started:.0f} s (results in {args.out}/gguf_check.json)")
     return 0 if ok else 1
 
 

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import run_mode  # noqa: E402
 
 from lep_plugin.checkpoints.discover import open_checkpoint  # noqa: E402
+from lep_plugin.common.processes import run_logged  # noqa: E402
 from lep_plugin.demo.pipeline import SHARED  # noqa: E402
-from lep_plugin.demo.pipeline import _run as run_logged  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FSDP = {
@@ -69,9 +69,15 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def _train_config(work: Path, base: Path, corpus: Path, train: str, sharding: str, cuda: bool) -> dict:
     cfg = yaml.safe_load((REPO / "examples" / "yaml" / "tiny-cpu.yml").read_text(encoding="utf-8"))
     cfg.update(
-        base_model=str(base), dataset_prepared_path=str(work / "prepared"), output_dir=str(work / "out"),
+        base_model=str(base),
+        dataset_prepared_path=str(work / "prepared"),
+        output_dir=str(work / "out"),
         datasets=[{"path": str(corpus), "ds_type": "json", "type": "completion", "split": "train[:40]"}],
-        max_steps=4, save_steps=4, weight_decay=0.0, bf16=cuda, tf32=False,
+        max_steps=4,
+        save_steps=4,
+        weight_decay=0.0,
+        bf16=cuda,
+        tf32=False,
     )
     cfg["lep"]["vocab"]["corpus"] = [str(corpus)]
     cfg["lep"]["train"] = train
@@ -122,20 +128,46 @@ def compare_merges(work: Path, base: Path, instruct: Path, adapted: Path, device
     for where in (device, "cpu"):
         outputs[where] = work / f"merge-{where}"
         shutil.rmtree(outputs[where], ignore_errors=True)
-        seconds[where] = _run([str(BIN / "lep-merge"), "--base", str(base), "--instruct", str(instruct), "--adapted", str(adapted),
-                               "--output", str(outputs[where]), "--device", where], work / f"merge-{where}.log")
+        seconds[where] = _run(
+            [
+                str(BIN / "lep-merge"),
+                "--base",
+                str(base),
+                "--instruct",
+                str(instruct),
+                "--adapted",
+                str(adapted),
+                "--output",
+                str(outputs[where]),
+                "--device",
+                where,
+            ],
+            work / f"merge-{where}.log",
+        )
     a, b = _weights(outputs[device]), _weights(outputs["cpu"])
     worst = max(float((a[n].double() - b[n].double()).norm() / b[n].double().norm().clamp_min(1e-30)) for n in b)
     report = json.loads((outputs[device] / "lep_merge.json").read_text(encoding="utf-8"))
     verdict = "met" if worst <= 1e-6 else "NOT met"
-    return (f"ran on {report.get('device')}; max relative difference {worst:.1e} (goal ≤ 1e-6: {verdict}); "
-            f"{seconds[device]:.0f} s vs {seconds['cpu']:.0f} s"), worst
+    return (
+        f"ran on {report.get('device')}; max relative difference {worst:.1e} (goal ≤ 1e-6: {verdict}); "
+        f"{seconds[device]:.0f} s vs {seconds['cpu']:.0f} s"
+    ), worst
 
 
 def step_8b(device: str, small: bool) -> str:
-    shape = dict(vocab=32000, hidden=256, layers=2, heads=4, kv_heads=4, intermediate=1024, batch=1, seq=128) if small else dict(
-        vocab=140_000, hidden=4096, layers=2, heads=32, kv_heads=8, intermediate=14336, batch=1, seq=1024)
-    args = {**shape, "steps": 3, "warmup": 1, "threads": 2, "device": device, "dtype": "bfloat16" if device != "cpu" else "float32"}
+    shape = (
+        dict(vocab=32000, hidden=256, layers=2, heads=4, kv_heads=4, intermediate=1024, batch=1, seq=128)
+        if small
+        else dict(vocab=140_000, hidden=4096, layers=2, heads=32, kv_heads=8, intermediate=14336, batch=1, seq=1024)
+    )
+    args = {
+        **shape,
+        "steps": 3,
+        "warmup": 1,
+        "threads": 2,
+        "device": device,
+        "dtype": "bfloat16" if device != "cpu" else "float32",
+    }
     context = mp.get_context("spawn")
     results = {}
     for mode in ("full", "embeddings"):
@@ -151,9 +183,71 @@ def step_8b(device: str, small: bool) -> str:
         results[mode] = queue.get(timeout=10)
     full, emb = results["full"], results["embeddings"]
     unit = "GiB allocated" if device != "cpu" else "GiB max RSS"
-    return (f"vocab {shape['vocab']:,}, d={shape['hidden']}, {shape['layers']} layers, {args['dtype']}: embeddings step "
-            f"{emb['step_s'] * 1e3:.0f} ms / full {full['step_s'] * 1e3:.0f} ms = {emb['step_s'] / full['step_s']:.2f}×; peak "
-            f"{emb['peak_mib'] / 1024:.1f} / {full['peak_mib'] / 1024:.1f} {unit} = {emb['peak_mib'] / full['peak_mib']:.2f}×")
+    return (
+        f"vocab {shape['vocab']:,}, d={shape['hidden']}, {shape['layers']} layers, {args['dtype']}: embeddings step "
+        f"{emb['step_s'] * 1e3:.0f} ms / full {full['step_s'] * 1e3:.0f} ms = "
+        f"{emb['step_s'] / full['step_s']:.2f}×; peak "
+        f"{emb['peak_mib'] / 1024:.1f} / {full['peak_mib'] / 1024:.1f} {unit} = "
+        f"{emb['peak_mib'] / full['peak_mib']:.2f}×"
+    )
+
+
+class Stages:
+    """Runs named stages; each gives one row of the table, a failure included (the others still run)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+
+    def run(self, name: str, fn) -> object:
+        start = time.perf_counter()
+        try:
+            result = fn()
+            self.rows.append(
+                (name, f"{result if isinstance(result, str) else 'ok'} ({time.perf_counter() - start:.0f} s)")
+            )
+            return result
+        except Exception as err:  # a failed stage is a row of the table; the others still run
+            self.rows.append((name, f"FAILED: {err}"))
+            return None
+        finally:
+            print(f"{name}: {self.rows[-1][1]}", flush=True)
+
+
+def stage_tiny_model(stages: Stages, work: Path) -> Path:
+    """The tiny Llama-3 layout pair (``lep tiny``) and a 300-document Russian corpus."""
+    models = work / "tiny-llama3"
+    lines = (SHARED / "ru" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:300]
+    (work / "ru.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cmd = [str(BIN / "lep"), "tiny", "--family", "llama3", "--bpe-size", "8000", "--output", str(models), "--force"]
+    stages.run("tiny Llama-3 layout model", lambda: _run(cmd, work / "tiny.log") and "built")
+    return models
+
+
+def stage_trainings(stages: Stages, work: Path, base: Path, device: str) -> None:
+    """``axolotl train`` with the plugin for each sharding × training mode, each run checked."""
+    cuda = device.startswith("cuda")
+    for sharding in ["plain", "zero3"] + (["fsdp"] if cuda else []):
+        for train in ("embeddings", "new_rows"):
+            run = work / f"train-{sharding}-{train}"
+            shutil.rmtree(run, ignore_errors=True)
+            run.mkdir(parents=True)
+            cfg = _train_config(run, base, work / "ru.jsonl", train, sharding, cuda)
+            (run / "train.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+
+            def train_and_check(run=run, train=train):
+                _run([str(BIN / "axolotl"), "train", str(run / "train.yml")], run / "train.log")
+                return check_training(run / "out", base, train)
+
+            precision = f"bf16 on {device}" if cuda else "fp32 on CPU"
+            stages.run(f"axolotl train, {sharding}, {train}, {precision}", train_and_check)
+
+
+def write_table(work: Path, rows: list[tuple[str, str]], cuda: bool) -> None:
+    gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU)"
+    lines = [f"GPU: {gpu}; torch {torch.__version__}", "", "| check | result |", "| --- | --- |"]
+    table = "\n".join([*lines, *(f"| {name} | {result} |" for name, result in rows)])
+    (work / "gpu_check.md").write_text(table + "\n", encoding="utf-8")
+    print("\n" + table)
 
 
 def main() -> None:
@@ -165,52 +259,19 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     work = args.output.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str]] = []
-    gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU)"
-
-    def stage(name: str, fn) -> object:
-        start = time.perf_counter()
-        try:
-            result = fn()
-            rows.append((name, f"{result if isinstance(result, str) else 'ok'} ({time.perf_counter() - start:.0f} s)"))
-            print(f"{name}: {rows[-1][1]}", flush=True)
-            return result
-        except Exception as err:  # a failed stage is a row of the table; the others still run
-            rows.append((name, f"FAILED: {err}"))
-            print(f"{name}: {rows[-1][1]}", flush=True)
-            return None
-
-    models = work / "tiny-llama3"
-    corpus = work / "ru.jsonl"
-    lines = (SHARED / "ru" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:300]
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    stage("tiny Llama-3 layout model", lambda: _run([str(BIN / "lep"), "tiny", "--family", "llama3", "--bpe-size", "8000",
-                                                     "--output", str(models), "--force"], work / "tiny.log") and "built")
+    stages = Stages()
+    models = stage_tiny_model(stages, work)
     base, instruct = models / "base", models / "instruct"
-    shardings = ["plain", "zero3"] + (["fsdp"] if cuda else [])
-    for sharding in shardings:
-        for train in ("embeddings", "new_rows"):
-            run = work / f"train-{sharding}-{train}"
-            shutil.rmtree(run, ignore_errors=True)
-            run.mkdir(parents=True)
-            cfg = _train_config(run, base, corpus, train, sharding, cuda)
-            (run / "train.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-
-            def train_and_check(run=run, train=train):
-                _run([str(BIN / "axolotl"), "train", str(run / "train.yml")], run / "train.log")
-                return check_training(run / "out", base, train)
-
-            stage(f"axolotl train, {sharding}, {train}, {'bf16 on ' + args.device if cuda else 'fp32 on CPU'}", train_and_check)
+    stage_trainings(stages, work, base, args.device)
     adapted = work / "train-plain-embeddings" / "out"
-    stage(f"lep-merge --device {args.device} vs --device cpu", lambda: compare_merges(work, base, instruct, adapted, args.device)[0])
+    stages.run(
+        f"lep-merge --device {args.device} vs --device cpu",
+        lambda: compare_merges(work, base, instruct, adapted, args.device)[0],
+    )
     if not args.skip_8b:
-        stage("8B-shaped step: embeddings only vs full" if cuda else "small-model step (CPU): embeddings only vs full",
-              lambda: step_8b(args.device, small=not cuda))
-
-    table = "\n".join([f"GPU: {gpu}; torch {torch.__version__}", "", "| check | result |", "| --- | --- |",
-                       *(f"| {name} | {result} |" for name, result in rows)])
-    (work / "gpu_check.md").write_text(table + "\n", encoding="utf-8")
-    print("\n" + table)
+        name = "8B-shaped step: embeddings only vs full" if cuda else "small-model step (CPU): embeddings only vs full"
+        stages.run(name, lambda: step_8b(args.device, small=not cuda))
+    write_table(work, stages.rows, cuda)
 
 
 if __name__ == "__main__":

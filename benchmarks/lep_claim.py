@@ -37,29 +37,43 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mini_reproduction import calibrate, copy_mixture, mixture_summary  # noqa: E402
-
-from lep_plugin.common.corpus import iter_texts  # noqa: E402
-from lep_plugin.common.fs import write_jsonl_atomic  # noqa: E402
-from lep_plugin.demo.models import train_base, train_instruct  # noqa: E402
-from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, _axolotl_config, _run  # noqa: E402
-from lep_plugin.vocab.build import build_vocabulary  # noqa: E402
-from lep_plugin.vocab.mistral import (  # noqa: E402
+from lep_plugin.calibration.copy_task import copy_mixture, mixture_summary
+from lep_plugin.calibration.lora import calibrate
+from lep_plugin.checkpoints.discover import open_checkpoint
+from lep_plugin.common.corpus import iter_texts
+from lep_plugin.common.fs import write_jsonl_atomic
+from lep_plugin.common.plots import pyplot, save_figure
+from lep_plugin.common.processes import run_logged
+from lep_plugin.demo.models import train_base, train_instruct
+from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, embedding_training_config
+from lep_plugin.evaluation.evaluate import (
+    EvalSettings,
+    copy_task_scores,
+    evaluate_model,
+    load_model,
+    load_tasks,
+)
+from lep_plugin.evaluation.tasks import load_copy_tasks
+from lep_plugin.math import propagation as prop
+from lep_plugin.propagation.methods import METHODS
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.mistral import (
     import_mistral_common_tokenizer,
     mistral_common_file,
 )
-from lep_plugin.vocab.options import VocabOptions  # noqa: E402
+from lep_plugin.vocab.options import VocabOptions
 
-METHODS = ("swap", "overlap", "conversion")
-SKILLS = (("ru/heldout", "sentence_copy", "ru sentence copy"), ("ru/heldout", "paragraph_copy", "ru paragraph copy"),
-          ("en/heldout", "sentence_copy", "en sentence copy"))
+SKILLS = (
+    ("ru/heldout", "sentence_copy", "ru sentence copy"),
+    ("ru/heldout", "paragraph_copy", "ru paragraph copy"),
+    ("en/heldout", "sentence_copy", "en sentence copy"),
+)
 EN_CHECK_DOCS = 4  # last English demo documents: held out of every training text, for the instruct copy check
 RU_CHECK_DOCS = 30  # last Russian training documents (never in the base, copy or embedding training texts)
 
@@ -78,10 +92,7 @@ def is_model(path: Path) -> bool:
 def copy_checker(tokenizer_dir: Path, files: dict[str, Path], samples: int, target: float, history: list):
     """``check(model)`` for ``train_instruct``: sentence copy on held-out training-text sentences in each
     language (chat prompt, the evaluation's own code); True once every language reaches ``target``."""
-    from transformers import AutoTokenizer
-
-    from lep_plugin.evaluation.evaluate import EvalSettings, copy_task_scores
-    from lep_plugin.evaluation.tasks import load_copy_tasks
+    from transformers import AutoTokenizer  # here, not at the top: seconds of start-up that --help need not pay
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     settings = EvalSettings(samples=samples, paragraphs=False, bpc_chars=0, log_samples=False, batch_size=16)
@@ -104,8 +115,6 @@ def copy_checker(tokenizer_dir: Path, files: dict[str, Path], samples: int, targ
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from lep_plugin.checkpoints.discover import open_checkpoint
-
     checkpoint = open_checkpoint(model_dir, "model", prefer_deepspeed=False)
     return {name: checkpoint.get(name).float() for name in checkpoint.names()}
 
@@ -114,8 +123,6 @@ def relative_changes(base_dir: Path, instruct_dir: Path) -> dict[str, float]:
     """‖W_instruct − W_base‖ / ‖W_base‖ of the input embeddings, the output embeddings and the rest (the
     transformer body, all its tensors together), and the relative residual of the best linear map
     base → instruct fitted on all rows of each embedding matrix (``lep_plugin.math.propagation``)."""
-    from lep_plugin.math import propagation as prop
-
     base, inst = _weights(base_dir), _weights(instruct_dir)
     emb = {"input": "model.embed_tokens.weight", "output": "lm_head.weight"}
     out: dict[str, float] = {}
@@ -134,7 +141,7 @@ def repeat_losses(model_dir: Path, texts_file: Path, docs: int = 16, length: int
     """In-context copying of a model as a plain language model: mean loss (nats/token) on a passage of
     ``length`` tokens and on the same passage written again right after it. A model with copy (induction)
     heads predicts the second occurrence far better than the first."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # not at the top: as in copy_checker
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -146,28 +153,29 @@ def repeat_losses(model_dir: Path, texts_file: Path, docs: int = 16, length: int
         with torch.no_grad():
             nll = -torch.log_softmax(model(x).logits[0, :-1], -1).gather(1, x[0, 1:, None])[:, 0]
         first += float(nll[: len(ids)].mean())
-        second += float(nll[len(ids):].mean())
+        second += float(nll[len(ids) :].mean())
     return {"first": first / len(texts), "second": second / len(texts)}
 
 
 # ----------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(models: dict[str, tuple[Path, str]], heldout: dict[str, Path], cache: Path, samples: int, para_tokens: int) -> dict[str, dict]:
+def evaluate(
+    models: dict[str, tuple[Path, str]], heldout: dict[str, Path], cache: Path, samples: int, para_tokens: int
+) -> dict[str, dict]:
     """name -> result record of every model (cached per model in ``cache``). Russian: sentence and paragraph
     copy, English: sentence copy; both: tokenization and bits/char. ``style``: 'chat' or 'base'."""
-    from lep_plugin.evaluation.evaluate import (
-        EvalSettings,
-        evaluate_model,
-        load_model,
-        load_tasks,
-    )
-
     cache.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict] = {}
     plans = {}
     for style in ("chat", "base"):
-        ru = EvalSettings(samples=samples, max_new_tokens_paragraph=para_tokens, bpc_chars=20_000, log_samples=False, prompt_style=style)
+        ru = EvalSettings(
+            samples=samples,
+            max_new_tokens_paragraph=para_tokens,
+            bpc_chars=20_000,
+            log_samples=False,
+            prompt_style=style,
+        )
         en = ru.model_copy(update={"paragraphs": False})
         plans[style] = [("ru", ru, load_tasks([heldout["ru"]], ru)), ("en", en, load_tasks([heldout["en"]], en))]
     for name, (path, style) in models.items():
@@ -182,11 +190,20 @@ def evaluate(models: dict[str, tuple[Path, str]], heldout: dict[str, Path], cach
             (result,) = evaluate_model(model, tok, tasks, settings, name=name)["texts"].values()
             texts[f"{lang}/heldout"] = result
         del model
-        record = {"model": name, "path": str(path), "style": style, "texts": texts, "seconds": round(time.perf_counter() - began, 1)}
+        record = {
+            "model": name,
+            "path": str(path),
+            "style": style,
+            "texts": texts,
+            "seconds": round(time.perf_counter() - began, 1),
+        }
         file.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
         records[name] = record
-        log(f"  eval {name}: ru sent {texts['ru/heldout']['sentence_copy']:.3f} par {texts['ru/heldout']['paragraph_copy']:.3f} "
-            f"en sent {texts['en/heldout']['sentence_copy']:.3f} ({record['seconds']:.0f} s)")
+        log(
+            f"  eval {name}: ru sent {texts['ru/heldout']['sentence_copy']:.3f} "
+            f"par {texts['ru/heldout']['paragraph_copy']:.3f} "
+            f"en sent {texts['en/heldout']['sentence_copy']:.3f} ({record['seconds']:.0f} s)"
+        )
     return records
 
 
@@ -229,7 +246,8 @@ def group_rows(records: dict[str, dict], groups: dict[str, list[str]], ref: dict
             row[f"{skill} kept"] = mean_sd([s / base if base else math.nan for s in scores])
         chance = ref["texts"]["ru/heldout"]["chance"]["sentence_copy"]
         above = _score(ref, "ru/heldout", "sentence_copy") - chance
-        row["ru sentence above chance kept"] = mean_sd([(_score(r, "ru/heldout", "sentence_copy") - chance) / above for r in recs])
+        kept_above = [(_score(r, "ru/heldout", "sentence_copy") - chance) / above for r in recs]
+        row["ru sentence above chance kept"] = mean_sd(kept_above)
         for text in ("ru/heldout", "en/heldout"):
             row[f"{text} chars/token"] = mean_sd([_score(r, text, "chars_per_token") for r in recs])
             row[f"{text} bits/char"] = mean_sd([_score(r, text, "bits_per_char") for r in recs])
@@ -238,8 +256,11 @@ def group_rows(records: dict[str, dict], groups: dict[str, list[str]], ref: dict
 
 
 def rows_table(rows: list[dict]) -> str:
-    head = ("| model | n | ru sentence copy (kept) | ru above chance kept | ru paragraph copy (kept) | en sentence copy (kept) "
-            "| ru chars/token | ru bits/char | en bits/char |")
+    head = (
+        "| model | n | ru sentence copy (kept) | ru above chance kept | ru paragraph copy (kept) "
+        "| en sentence copy (kept) "
+        "| ru chars/token | ru bits/char | en bits/char |"
+    )
     lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         cells = [r["label"], str(r["n"])]
@@ -253,9 +274,9 @@ def rows_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], curve: dict[str, list[tuple[int, tuple[float, float]]]], chance_kept: float, out: Path) -> None:
-    from lep_plugin.common.plots import pyplot, save_figure
-
+def plot(
+    rows: list[dict], curve: dict[str, list[tuple[int, tuple[float, float]]]], chance_kept: float, out: Path
+) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.27
@@ -286,7 +307,7 @@ def plot(rows: list[dict], curve: dict[str, list[tuple[int, tuple[float, float]]
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main() -> None:  # noqa: C901 - one pipeline, in order
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("out/claim"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process stages")
@@ -295,246 +316,498 @@ def main() -> None:  # noqa: C901 - one pipeline, in order
     parser.add_argument("--copy-examples", type=int, default=4000)
     parser.add_argument("--instruct-minutes", type=float, default=14, help="time limit of the instruct step")
     parser.add_argument("--instruct-lr", type=float, default=2e-3)
-    parser.add_argument("--instruct-embed-lr", type=float, default=3e-5,
-                        help="learning rate of the instruct step's embeddings (the unconstrained recipe: same as --instruct-lr)")
+    parser.add_argument(
+        "--instruct-embed-lr",
+        type=float,
+        default=3e-5,
+        help="learning rate of the instruct step's embeddings (the unconstrained recipe: same as --instruct-lr)",
+    )
     parser.add_argument("--copy-target", type=float, default=0.8)
     parser.add_argument("--check-samples", type=int, default=48)
-    parser.add_argument("--check-every", type=float, default=75, help="seconds of instruct training between copy checks")
+    parser.add_argument(
+        "--check-every", type=float, default=75, help="seconds of instruct training between copy checks"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-steps", type=int, default=300, help="embedding-only steps of the base (and of the direct baseline)")
-    parser.add_argument("--save-steps", type=int, default=150, help="checkpoint interval of the base's embedding training")
-    parser.add_argument("--train-docs", type=int, default=1500, help="Russian training documents for the embedding training")
+    parser.add_argument(
+        "--train-steps", type=int, default=300, help="embedding-only steps of the base (and of the direct baseline)"
+    )
+    parser.add_argument(
+        "--save-steps", type=int, default=150, help="checkpoint interval of the base's embedding training"
+    )
+    parser.add_argument(
+        "--train-docs", type=int, default=1500, help="Russian training documents for the embedding training"
+    )
     parser.add_argument("--calibration-steps", type=int, default=60, help="0 skips the calibration LoRA")
     parser.add_argument("--no-direct", dest="direct", action="store_false", help="skip the direct-training baseline")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--paragraph-tokens", type=int, default=200)
-    args = parser.parse_args()
-    out: Path = args.output
-    out.mkdir(parents=True, exist_ok=True)
+    return parser.parse_args()
+
+
+@dataclass
+class Claim:
+    """What the stages share: the arguments, the output folder and its fixed model paths, the corpora, the
+    stage times (kept in OUTPUT/times.json, so they survive a resumed run) and the facts for the report."""
+
+    args: argparse.Namespace
+    out: Path
+    ru_train_file: Path
+    heldout: dict[str, Path]
+    times: dict[str, float]
+    facts: dict
+    began_all: float = field(default_factory=time.perf_counter)
+    py: str = sys.executable
+    axolotl: str = str(Path(sys.executable).parent / "axolotl")
+
+    @property
+    def ru_train(self) -> list[str]:
+        return [str(self.ru_train_file)]
+
+    @property
+    def times_file(self) -> Path:
+        return self.out / "times.json"
+
+    @property
+    def old_tok(self) -> Path:
+        return self.out / "tok-en"
+
+    @property
+    def base(self) -> Path:
+        return self.out / "base"
+
+    @property
+    def instruct(self) -> Path:
+        return self.out / "instruct"
+
+    @property
+    def tok(self) -> Path:
+        return self.out / "tok-extend"
+
+    @property
+    def ckpt_steps(self) -> list[int]:
+        return list(range(self.args.save_steps, self.args.train_steps, self.args.save_steps))
+
+    def timed(self, name: str, fn):
+        """``fn()``, its wall time added to the stage ``name`` (a stage run in several calls sums them)."""
+        log(f"== {name}")
+        start = time.perf_counter()
+        value = fn()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+        self.times_file.write_text(json.dumps(self.times, indent=1), encoding="utf-8")
+        return value
+
+
+@dataclass
+class SeedModels:
+    """One seed's models: the lep-merge output dir per checkpoint step and of the final step, the direct
+    baseline, the calibrated conversion model (the last two when their stages ran)."""
+
+    merged: dict[int, Path]
+    direct: Path | None = None
+    calibrated: Path | None = None
+
+
+def setup(args: argparse.Namespace) -> Claim:
+    args.output.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    py, axolotl = sys.executable, str(Path(sys.executable).parent / "axolotl")
     ru_train_file = SHARED / "ru" / "train.jsonl"
     heldout = {"ru": SHARED / "ru" / "heldout.jsonl", "en": SHARED / "en" / "heldout.jsonl"}
     if not ru_train_file.is_file():
         raise SystemExit(f"needs the shared corpora in {SHARED} (run from the repository root)")
-    ru_train = [str(ru_train_file)]
-    times_file = out / "times.json"  # stage times survive a resumed run
+    times_file = args.output / "times.json"
     times: dict[str, float] = json.loads(times_file.read_text(encoding="utf-8")) if times_file.is_file() else {}
     facts: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    began_all = time.perf_counter()
+    return Claim(args, args.output, ru_train_file, heldout, times, facts)
 
-    def timed(name, fn):
-        log(f"== {name}")
-        start = time.perf_counter()
-        value = fn()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
-        times_file.write_text(json.dumps(times, indent=1), encoding="utf-8")
-        return value
 
-    # ---- texts: English demo documents minus the check ones; check sentences from never-trained documents
+def stage_texts(c: Claim) -> None:
+    """English demo documents minus the check ones; check sentences from never-trained documents; the
+    English-leaning tokenizer's texts."""
+    out = c.out
     en_lines = (DEMO_DATA / "en.jsonl").read_text(encoding="utf-8").splitlines()
     en_train, en_check = en_lines[:-EN_CHECK_DOCS], en_lines[-EN_CHECK_DOCS:]
     (out / "en-train.jsonl").write_text("\n".join(en_train) + "\n", encoding="utf-8")
     (out / "check-en.jsonl").write_text("\n".join(en_check) + "\n", encoding="utf-8")
-    ru_docs = ru_train_file.read_text(encoding="utf-8").splitlines()
+    ru_docs = c.ru_train_file.read_text(encoding="utf-8").splitlines()
     (out / "check-ru.jsonl").write_text("\n".join(ru_docs[-RU_CHECK_DOCS:]) + "\n", encoding="utf-8")
-    mix = out / "english-leaning.jsonl"
     ru_lines = (DEMO_DATA / "ru.jsonl").read_text(encoding="utf-8").splitlines()[:10]
-    mix.write_text("\n".join(en_train + ru_lines) + "\n", encoding="utf-8")
+    (out / "english-leaning.jsonl").write_text("\n".join(en_train + ru_lines) + "\n", encoding="utf-8")
 
-    # ---- 1. tokenizer and base
-    old_tok = out / "tok-en"
-    if not is_model(out / "base"):
-        tekken = timed("import Tekken (style source)", lambda: import_mistral_common_tokenizer(mistral_common_file("tekken_240718.json"), out / "tekken"))
-        timed("English-leaning tokenizer", lambda: build_vocabulary(tekken, [mix], VocabOptions(method="bpe", vocab_size=3500), old_tok, force=True))
-        ru_more = out / "base-russian.jsonl"
-        write_jsonl_atomic(({"text": t} for t in iter_texts(ru_train, max_chars=args.base_russian_chars)), ru_more, force=True)
-        lm_texts = [mix, out / "en-train.jsonl", DEMO_DATA / "ru.jsonl", ru_more]
-        timed("base model from scratch", lambda: train_base(old_tok, lm_texts, out / "base", args.minutes_base * 60, hidden=128, layers=3,
-                                                            seq=256, repeat=0.5, schedule=True))
-    base = out / "base"
 
-    # ---- 2. instruct, until it copies
-    instruct = out / "instruct"
+def stage_base(c: Claim) -> None:
+    """1. the English-leaning tokenizer and the base trained from scratch."""
+    if is_model(c.base):
+        return
+    out, args, mix = c.out, c.args, c.out / "english-leaning.jsonl"
+    source = mistral_common_file("tekken_240718.json")
+    tekken = c.timed("import Tekken (style source)", lambda: import_mistral_common_tokenizer(source, out / "tekken"))
+    options = VocabOptions(method="bpe", vocab_size=3500)
+    c.timed("English-leaning tokenizer", lambda: build_vocabulary(tekken, [mix], options, c.old_tok, force=True))
+    ru_more = out / "base-russian.jsonl"
+    ru_records = ({"text": t} for t in iter_texts(c.ru_train, max_chars=args.base_russian_chars))
+    write_jsonl_atomic(ru_records, ru_more, force=True)
+    lm_texts = [mix, out / "en-train.jsonl", DEMO_DATA / "ru.jsonl", ru_more]
+    c.timed(
+        "base model from scratch",
+        lambda: train_base(
+            c.old_tok,
+            lm_texts,
+            c.base,
+            args.minutes_base * 60,
+            hidden=128,
+            layers=3,
+            seq=256,
+            repeat=0.5,
+            schedule=True,
+        ),
+    )
+
+
+def stage_instruct(c: Claim) -> None:
+    """2. the instruct step, until it copies (its history in OUTPUT/instruct-history.json)."""
+    out, args = c.out, c.args
     history_file = out / "instruct-history.json"
-    if not is_model(instruct):
+    if not is_model(c.instruct):
         en_texts = list(iter_texts([out / "en-train.jsonl"]))
-        copies, counts = copy_mixture({"ru": list(iter_texts(ru_train, max_chars=1_000_000)), "en": en_texts}, args.copy_examples)
+        ru_texts = list(iter_texts(c.ru_train, max_chars=1_000_000))
+        copies, counts = copy_mixture({"ru": ru_texts, "en": en_texts}, args.copy_examples)
         checks: list = []
-        history: dict = {"mixture": f"{len(copies)} copy chats ({mixture_summary(counts)}) + {DEMO_DATA / 'instructions.jsonl'}"}
-        check = copy_checker(base, {"ru": out / "check-ru.jsonl", "en": out / "check-en.jsonl"}, args.check_samples, args.copy_target, checks)
-        timed("instruct model (until the copy check passes)", lambda: train_instruct(
-            base, DEMO_DATA / "instructions.jsonl", instruct, args.instruct_minutes * 60, log, extra=copies, lr=args.instruct_lr,
-            max_len=384, schedule=True, embed_lr=args.instruct_embed_lr, check=check, check_every=args.check_every, history=history))
+        mixture = f"{len(copies)} copy chats ({mixture_summary(counts)}) + {DEMO_DATA / 'instructions.jsonl'}"
+        history: dict = {"mixture": mixture}
+        check_files = {"ru": out / "check-ru.jsonl", "en": out / "check-en.jsonl"}
+        check = copy_checker(c.base, check_files, args.check_samples, args.copy_target, checks)
+        c.timed(
+            "instruct model (until the copy check passes)",
+            lambda: train_instruct(
+                c.base,
+                DEMO_DATA / "instructions.jsonl",
+                c.instruct,
+                args.instruct_minutes * 60,
+                log,
+                extra=copies,
+                lr=args.instruct_lr,
+                max_len=384,
+                schedule=True,
+                embed_lr=args.instruct_embed_lr,
+                check=check,
+                check_every=args.check_every,
+                history=history,
+            ),
+        )
         history["checks"] = checks
         history["passed"] = bool(checks) and all(checks[-1][lang] >= args.copy_target for lang in ("ru", "en"))
         history_file.write_text(json.dumps(history, indent=1, ensure_ascii=False), encoding="utf-8")
-    facts["instruct"] = json.loads(history_file.read_text(encoding="utf-8"))
-    facts["changes"] = timed("embedding changes base -> instruct", lambda: relative_changes(base, instruct))
-    log(f"  changes: {facts['changes']}")
-    facts["repeat_losses"] = {name: repeat_losses(d, out / "check-ru.jsonl") for name, d in (("base", base), ("instruct", instruct))}
-    log(f"  loss on a passage / on its repetition: {facts['repeat_losses']}")
+    c.facts["instruct"] = json.loads(history_file.read_text(encoding="utf-8"))
 
-    def merge(adapted: Path, target: Path, method: str = "all", base_dir: Path = base, instruct_dir: Path = instruct, check: bool = True,
-              tokenizer: Path | None = None) -> Path:
-        if not (target / "lep_merge.json").is_file() and not is_model(target):
-            cmd = [py, "-m", "lep_plugin.cli.merge", "--base", str(base_dir), "--instruct", str(instruct_dir), "--adapted", str(adapted),
-                   "--method", method, "--output", str(target), "--force"]
-            cmd += [] if check else ["--no-check-adapted"]
-            cmd += ["--adapted-tokenizer", str(tokenizer)] if tokenizer else []
-            timed("lep-merge (all merges)", lambda: _run(cmd, target.parent / f"{target.name}.merge.log", log))
-        return target
 
-    # ---- 3. propagation alone: old vocabulary, adapted = the base itself
-    alone = merge(base, out / "prop-alone", check=False, tokenizer=base)
-    facts["prop_alone_fits"] = json.loads((alone / "lep_merge.json").read_text(encoding="utf-8"))["fits"]
+def stage_changes(c: Claim) -> None:
+    """How far the instruct step moved each part of the model, and in-context copying as a language model."""
+    c.facts["changes"] = c.timed("embedding changes base -> instruct", lambda: relative_changes(c.base, c.instruct))
+    log(f"  changes: {c.facts['changes']}")
+    models = (("base", c.base), ("instruct", c.instruct))
+    c.facts["repeat_losses"] = {name: repeat_losses(d, c.out / "check-ru.jsonl") for name, d in models}
+    log(f"  loss on a passage / on its repetition: {c.facts['repeat_losses']}")
 
-    # ---- 4. new vocabulary, T-init
-    tok = out / "tok-extend"
-    if not (tok / "tokenizer.json").is_file():
-        timed("extend Russian vocabulary", lambda: build_vocabulary(old_tok, ru_train, VocabOptions(method="extend", vocab_size=3000, max_chars=3_000_000),
-                                                                     tok, force=True))
-    for src, dst in ((base, out / "tinit-base"), (instruct, out / "tinit-instruct-raw")):
+
+def merge(
+    c: Claim,
+    adapted: Path,
+    target: Path,
+    method: str = "all",
+    base_dir: Path | None = None,
+    instruct_dir: Path | None = None,
+    check: bool = True,
+    tokenizer: Path | None = None,
+) -> Path:
+    """``lep-merge`` of ``adapted`` into ``target`` (base and instruct: the claim's unless given), unless done."""
+    if not (target / "lep_merge.json").is_file() and not is_model(target):
+        cmd = [
+            c.py,
+            "-m",
+            "lep_plugin.cli.merge",
+            "--base",
+            str(base_dir or c.base),
+            "--instruct",
+            str(instruct_dir or c.instruct),
+            "--adapted",
+            str(adapted),
+            "--method",
+            method,
+            "--output",
+            str(target),
+            "--force",
+        ]
+        cmd += [] if check else ["--no-check-adapted"]
+        cmd += ["--adapted-tokenizer", str(tokenizer)] if tokenizer else []
+        c.timed("lep-merge (all merges)", lambda: run_logged(cmd, target.parent / f"{target.name}.merge.log", log))
+    return target
+
+
+def stage_propagation_alone(c: Claim) -> Path:
+    """3. propagation alone: old vocabulary, adapted = the base itself."""
+    alone = merge(c, c.base, c.out / "prop-alone", check=False, tokenizer=c.base)
+    c.facts["prop_alone_fits"] = json.loads((alone / "lep_merge.json").read_text(encoding="utf-8"))["fits"]
+    return alone
+
+
+def stage_vocab(c: Claim) -> tuple[Path, Path]:
+    """4. the new vocabulary and T-init of the base and the instruct model: (the step-0 merges, the T-init
+    baseline)."""
+    out = c.out
+    if not (c.tok / "tokenizer.json").is_file():
+        options = VocabOptions(method="extend", vocab_size=3000, max_chars=3_000_000)
+        c.timed(
+            "extend Russian vocabulary", lambda: build_vocabulary(c.old_tok, c.ru_train, options, c.tok, force=True)
+        )
+    for src, dst in ((c.base, out / "tinit-base"), (c.instruct, out / "tinit-instruct-raw")):
         if not is_model(dst):
-            timed("lep vocab convert (T-init)", lambda: _run([py, "-m", "lep_plugin.cli.lep", "vocab", "convert", "--model", str(src), "--tokenizer",
-                                                              str(tok), "--output", str(dst), "--force"], out / f"{dst.name}.log", log))
-    step0 = merge(out / "tinit-base", out / "lep-step0")
-    tinit_instruct = merge(out / "tinit-instruct-raw", out / "baseline-tinit", method="swap", base_dir=instruct)
+            cmd = [
+                c.py,
+                "-m",
+                "lep_plugin.cli.lep",
+                "vocab",
+                "convert",
+                "--model",
+                str(src),
+                "--tokenizer",
+                str(c.tok),
+                "--output",
+                str(dst),
+                "--force",
+            ]
+            c.timed("lep vocab convert (T-init)", lambda: run_logged(cmd, out / f"{dst.name}.log", log))
+    step0 = merge(c, out / "tinit-base", out / "lep-step0")
+    tinit_instruct = merge(c, out / "tinit-instruct-raw", out / "baseline-tinit", method="swap", base_dir=c.instruct)
+    return step0, tinit_instruct
 
-    # ---- 5. per seed: embedding training with checkpoints, merges, calibration, direct baseline
-    ckpt_steps = list(range(args.save_steps, args.train_steps, args.save_steps))
-    seeds_out: dict[int, dict] = {}
-    for seed in args.seeds:
-        work = out / f"seed{seed}"
-        work.mkdir(exist_ok=True)
-        got: dict = {}
-        for role, model_dir in (("base", base), ("direct", instruct)):
-            if role == "direct" and not args.direct:
-                continue
-            run = work / f"train-{role}"
-            run.mkdir(exist_ok=True)
-            if not is_model(run / "adapted"):
-                cfg = _axolotl_config(run, model_dir, tok, ru_train, args.train_steps)
-                cfg["seed"] = seed
-                cfg["datasets"][0]["split"] = f"train[:{args.train_docs}]"
-                if role == "base" and ckpt_steps:
-                    cfg.update(save_strategy="steps", save_steps=args.save_steps, save_total_limit=None)
-                (run / "train.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-                timed(f"axolotl train, embeddings only ({role})", lambda: _run([axolotl, "train", str(run / "train.yml")], run / "train.log", log))
-        trained = work / "train-base" / "adapted"
-        for step in ckpt_steps:
-            got[step] = merge(trained / f"checkpoint-{step}", work / f"lep-{step}", tokenizer=tok)
-        got[args.train_steps] = merge(trained, work / f"lep-{args.train_steps}")
-        if args.direct:
-            got["direct"] = merge(work / "train-direct" / "adapted", work / "baseline-direct", method="swap", base_dir=instruct)
-        if args.calibration_steps:
-            calibrated = work / "calibration" / "extend-conversion-calibrated"
-            if not is_model(calibrated):
-                timed("calibration LoRA + merge-lora", lambda: calibrate(got[args.train_steps] / "conversion", ru_train, work / "calibration",
-                                                                         args.calibration_steps, seed=seed))
-            got["calibrated"] = calibrated
-        seeds_out[seed] = got
 
-    # ---- 6. evaluation
-    S = args.train_steps
-    models: dict[str, tuple[Path, str]] = {"instruct": (instruct, "chat")}
+def stage_embedding_training(c: Claim, seed: int) -> None:
+    """5a. embedding-only ``axolotl train`` of the base (with checkpoints) and, as the direct baseline, of
+    the instruct model."""
+    args, work = c.args, c.out / f"seed{seed}"
+    work.mkdir(exist_ok=True)
+    for role, model_dir in (("base", c.base), ("direct", c.instruct)):
+        if role == "direct" and not args.direct:
+            continue
+        run = work / f"train-{role}"
+        run.mkdir(exist_ok=True)
+        if not is_model(run / "adapted"):
+            cfg = embedding_training_config(run, model_dir, c.tok, c.ru_train, args.train_steps)
+            cfg["seed"] = seed
+            cfg["datasets"][0]["split"] = f"train[:{args.train_docs}]"
+            if role == "base" and c.ckpt_steps:
+                cfg.update(save_strategy="steps", save_steps=args.save_steps, save_total_limit=None)
+            (run / "train.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+            cmd = [c.axolotl, "train", str(run / "train.yml")]
+            c.timed(f"axolotl train, embeddings only ({role})", lambda: run_logged(cmd, run / "train.log", log))
+
+
+def stage_merges(c: Claim, seed: int) -> SeedModels:
+    """5b. ``lep-merge --method all`` of every checkpoint and of the final embeddings; the direct baseline
+    merged onto the instruct model itself (its chat setup)."""
+    work = c.out / f"seed{seed}"
+    trained = work / "train-base" / "adapted"
+    merged = {
+        step: merge(c, trained / f"checkpoint-{step}", work / f"lep-{step}", tokenizer=c.tok) for step in c.ckpt_steps
+    }
+    merged[c.args.train_steps] = merge(c, trained, work / f"lep-{c.args.train_steps}")
+    got = SeedModels(merged)
+    if c.args.direct:
+        got.direct = merge(
+            c, work / "train-direct" / "adapted", work / "baseline-direct", method="swap", base_dir=c.instruct
+        )
+    return got
+
+
+def stage_calibration(c: Claim, seed: int, got: SeedModels) -> None:
+    """5c. the calibration LoRA on the final conversion model."""
+    work = c.out / f"seed{seed}"
+    calibrated = work / "calibration" / "extend-conversion-calibrated"
+    if not is_model(calibrated):
+        conversion = got.merged[c.args.train_steps] / "conversion"
+        c.timed(
+            "calibration LoRA + merge-lora",
+            lambda: calibrate(conversion, c.ru_train, work / "calibration", c.args.calibration_steps, seed=seed),
+        )
+    got.calibrated = calibrated
+
+
+def stage_seeds(c: Claim) -> dict[int, SeedModels]:
+    """5. per seed: embedding training with checkpoints, merges, calibration, direct baseline."""
+    seeds_out: dict[int, SeedModels] = {}
+    for seed in c.args.seeds:
+        stage_embedding_training(c, seed)
+        seeds_out[seed] = stage_merges(c, seed)
+        if c.args.calibration_steps:
+            stage_calibration(c, seed, seeds_out[seed])
+    return seeds_out
+
+
+def models_to_evaluate(
+    c: Claim, alone: Path, step0: Path, tinit_instruct: Path, seeds_out: dict[int, SeedModels]
+) -> dict[str, tuple[Path, str]]:
+    """name -> (model dir, prompt style) of every model the report compares."""
+    S = c.args.train_steps
+    models: dict[str, tuple[Path, str]] = {"instruct": (c.instruct, "chat")}
     models |= {f"propagation only (old vocab) · {m}": (alone / m, "chat") for m in METHODS}
     models["baseline: instruct + new vocab, T-init"] = (tinit_instruct, "chat")
     models |= {f"T-init (step 0) · {m}": (step0 / m, "chat") for m in METHODS}
     for seed, got in seeds_out.items():
         for m in METHODS:
-            models[f"s{seed} {S} steps · {m}"] = (got[S] / m, "chat")
-        if "calibrated" in got:
-            models[f"s{seed} {S} steps · conversion + calibration"] = (got["calibrated"], "chat")
-        if "direct" in got:
-            models[f"s{seed} baseline: instruct embeddings trained directly"] = (got["direct"], "chat")
+            models[f"s{seed} {S} steps · {m}"] = (got.merged[S] / m, "chat")
+        if got.calibrated is not None:
+            models[f"s{seed} {S} steps · conversion + calibration"] = (got.calibrated, "chat")
+        if got.direct is not None:
+            models[f"s{seed} baseline: instruct embeddings trained directly"] = (got.direct, "chat")
     for seed, got in seeds_out.items():
-        for step in ckpt_steps:
+        for step in c.ckpt_steps:
             for m in METHODS:
-                models[f"s{seed} {step} steps · {m}"] = (got[step] / m, "chat")
-    models["base (old vocab), few-shot"] = (base, "base")
-    models["base T-init (step 0), few-shot"] = (out / "tinit-base", "base")
+                models[f"s{seed} {step} steps · {m}"] = (got.merged[step] / m, "chat")
+    models["base (old vocab), few-shot"] = (c.base, "base")
+    models["base T-init (step 0), few-shot"] = (c.out / "tinit-base", "base")
     for seed in seeds_out:
-        models[f"s{seed} adapted base ({S} steps), few-shot"] = (out / f"seed{seed}" / "train-base" / "adapted", "base")
-    records = timed("evaluation (all models)", lambda: evaluate(models, heldout, out / "eval", args.samples, args.paragraph_tokens))
+        adapted_base = c.out / f"seed{seed}" / "train-base" / "adapted"
+        models[f"s{seed} adapted base ({S} steps), few-shot"] = (adapted_base, "base")
+    return models
 
-    # ---- 7. report
-    ref = records["instruct"]
-    seeds = list(seeds_out)
+
+def stage_evaluation(c: Claim, models: dict[str, tuple[Path, str]]) -> dict[str, dict]:
+    """6. every model evaluated in-process (cached per model in OUTPUT/eval)."""
+    return c.timed(
+        "evaluation (all models)",
+        lambda: evaluate(models, c.heldout, c.out / "eval", c.args.samples, c.args.paragraph_tokens),
+    )
+
+
+@dataclass
+class Tables:
+    """The report's rows: the main comparison, propagation alone, stage by stage, the base side, and the
+    retention curve per method."""
+
+    main: list[dict]
+    alone: list[dict]
+    stages: list[dict]
+    base_side: list[dict]
+    curve: dict[str, list[tuple[int, tuple[float, float]]]]
+
+
+def main_groups(S: int, seeds: list[int], calibration: bool, direct: bool) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"instruct (original)": ["instruct"]}
     groups |= {f"{m} ({S} steps)": [f"s{s} {S} steps · {m}" for s in seeds] for m in METHODS}
-    if args.calibration_steps:
+    if calibration:
         groups["conversion + calibration LoRA"] = [f"s{s} {S} steps · conversion + calibration" for s in seeds]
     groups["baseline: new vocab, T-init only"] = ["baseline: instruct + new vocab, T-init"]
-    if args.direct:
-        groups["baseline: instruct embeddings trained directly"] = [f"s{s} baseline: instruct embeddings trained directly" for s in seeds]
-    main_rows = group_rows(records, groups, ref)
-    alone_rows = group_rows(records, {f"propagation only · {m}": [f"propagation only (old vocab) · {m}"] for m in METHODS}, ref)
-    stage_groups: dict[str, list[str]] = {}
+    if direct:
+        direct_names = [f"s{s} baseline: instruct embeddings trained directly" for s in seeds]
+        groups["baseline: instruct embeddings trained directly"] = direct_names
+    return groups
+
+
+def stage_groups(S: int, seeds: list[int], ckpt_steps: list[int], calibration: bool) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
     for m in METHODS:
-        stage_groups[f"{m}: old vocab, base embeddings (propagation only)"] = [f"propagation only (old vocab) · {m}"]
-        stage_groups[f"{m}: new vocab + T-init (step 0)"] = [f"T-init (step 0) · {m}"]
+        groups[f"{m}: old vocab, base embeddings (propagation only)"] = [f"propagation only (old vocab) · {m}"]
+        groups[f"{m}: new vocab + T-init (step 0)"] = [f"T-init (step 0) · {m}"]
         for step in [*ckpt_steps, S]:
-            stage_groups[f"{m}: {step} steps"] = [f"s{s} {step} steps · {m}" for s in seeds]
-        if m == "conversion" and args.calibration_steps:
-            stage_groups[f"{m}: + calibration LoRA"] = [f"s{s} {S} steps · conversion + calibration" for s in seeds]
-    stage_rows = group_rows(records, stage_groups, ref)
-    curve = {m: [(0, group_rows(records, {"x": [f"T-init (step 0) · {m}"]}, ref)[0]["ru sentence copy kept"])]
-             + [(step, group_rows(records, {"x": [f"s{s} {step} steps · {m}" for s in seeds]}, ref)[0]["ru sentence copy kept"])
-                for step in [*ckpt_steps, S]] for m in METHODS}
+            groups[f"{m}: {step} steps"] = [f"s{s} {step} steps · {m}" for s in seeds]
+        if m == "conversion" and calibration:
+            groups[f"{m}: + calibration LoRA"] = [f"s{s} {S} steps · conversion + calibration" for s in seeds]
+    return groups
+
+
+def result_tables(c: Claim, records: dict[str, dict], seeds: list[int]) -> Tables:
+    S, ckpt_steps, ref = c.args.train_steps, c.ckpt_steps, records["instruct"]
+    calibration = bool(c.args.calibration_steps)
+    main_rows = group_rows(records, main_groups(S, seeds, calibration, c.args.direct), ref)
+    alone_groups = {f"propagation only · {m}": [f"propagation only (old vocab) · {m}"] for m in METHODS}
+    alone_rows = group_rows(records, alone_groups, ref)
+    stage_rows = group_rows(records, stage_groups(S, seeds, ckpt_steps, calibration), ref)
+
+    def kept(names: list[str]) -> tuple[float, float]:
+        return group_rows(records, {"x": names}, ref)[0]["ru sentence copy kept"]
+
+    curve = {
+        m: [(0, kept([f"T-init (step 0) · {m}"]))]
+        + [(step, kept([f"s{s} {step} steps · {m}" for s in seeds])) for step in [*ckpt_steps, S]]
+        for m in METHODS
+    }
     base_side = ["base (old vocab), few-shot", "base T-init (step 0), few-shot"]
-    base_rows = group_rows(records, {"base (old vocab)": base_side[:1], "base, new vocab T-init": base_side[1:],
-                                     f"adapted base ({S} steps)": [f"s{s} adapted base ({S} steps), few-shot" for s in seeds]},
-                           records["base (old vocab), few-shot"])
-    chance_kept = ref["texts"]["ru/heldout"]["chance"]["sentence_copy"] / _score(ref, "ru/heldout", "sentence_copy")
-    plot(main_rows, curve, chance_kept, out / "retention.png")
+    base_groups = {
+        "base (old vocab)": base_side[:1],
+        "base, new vocab T-init": base_side[1:],
+        f"adapted base ({S} steps)": [f"s{s} adapted base ({S} steps), few-shot" for s in seeds],
+    }
+    base_rows = group_rows(records, base_groups, records["base (old vocab), few-shot"])
+    return Tables(main_rows, alone_rows, stage_rows, base_rows, curve)
 
-    chance = {t: ref["texts"][t]["chance"] for t in ("ru/heldout", "en/heldout")}
-    ch = facts["changes"]
-    inst = facts["instruct"]
-    conv = next(r for r in main_rows if r["label"].startswith("conversion ("))
-    verdict = ("meets" if conv["ru sentence copy kept"][0] >= 0.9 else "does not meet")
-    all_time = time.perf_counter() - began_all
+
+def report_sentences(c: Claim, t: Tables, seeds: list[int]) -> tuple[str, str, str]:
+    """The report's long lines (the setup, the base → instruct change, the verdict), built apart so that the
+    markdown keeps them whole."""
+    args, ch = c.args, c.facts["changes"]
+    conv = next(r for r in t.main if r["label"].startswith("conversion ("))
+    verdict = "meets" if conv["ru sentence copy kept"][0] >= 0.9 else "does not meet"
+    intro = (
+        f"Seeds {seeds} (axolotl `seed` of the embedding training and calibration: data order); "
+        f"{args.samples} samples per copy task,\nthe same held-out samples for every model; "
+        f"paragraph generation capped at {args.paragraph_tokens} tokens. Retention = model / instruct."
+    )
+    change = (
+        f"input embeddings {ch['input_change']:.1%}, output embeddings {ch['output_change']:.1%}, "
+        f"transformer body {ch['body_change']:.1%} of their norm;\n"
+        f"best linear map base → instruct leaves {ch['input_linear_fit_residual']:.1%} (input) and "
+        f"{ch['output_linear_fit_residual']:.1%} (output) unexplained."
+    )
+    verdict_line = (
+        f"conversion keeps {fmt(*conv['ru sentence copy kept'], pct=True)} of the instruct model's Russian "
+        f"sentence copy: {verdict} the ≥ 90 % claim on this setup."
+    )
+    return intro, change, verdict_line
+
+
+def report_markdown(c: Claim, t: Tables, seeds: list[int], chance: dict, all_time: float) -> str:
+    """OUTPUT/report.md: the instruct step, the base → instruct change, every table, the verdict, the stage times."""
+    args, times, S = c.args, c.times, c.args.train_steps
+    inst = c.facts["instruct"]
     timing = "\n".join(f"| {k} | {v:.0f} s |" for k, v in times.items())
-    checks = "\n".join(f"| {c['seconds']:.0f} s | {c['ru']:.3f} | {c['en']:.3f} |" for c in inst.get("checks", []))
-    fits = facts["prop_alone_fits"]
-    report = f"""# Does LEP keep the instruct model's copy skills? (issue 14)
+    checks = "\n".join(f"| {x['seconds']:.0f} s | {x['ru']:.3f} | {x['en']:.3f} |" for x in inst.get("checks", []))
+    fits = c.facts["prop_alone_fits"]
+    intro, change, verdict_line = report_sentences(c, t, seeds)
+    return f"""# Does LEP keep the instruct model's copy skills? (issue 14)
 
-Seeds {seeds} (axolotl `seed` of the embedding training and calibration: data order); {args.samples} samples per copy task,
-the same held-out samples for every model; paragraph generation capped at {args.paragraph_tokens} tokens. Retention = model / instruct.
-Chance (another sample's text as the answer): ru sentence {chance['ru/heldout']['sentence_copy']:.3f}, ru paragraph
-{chance['ru/heldout']['paragraph_copy']:.3f}, en sentence {chance['en/heldout']['sentence_copy']:.3f}.
+{intro}
+Chance (another sample's text as the answer): ru sentence {chance["ru/heldout"]["sentence_copy"]:.3f}, ru paragraph
+{chance["ru/heldout"]["paragraph_copy"]:.3f}, en sentence {chance["en/heldout"]["sentence_copy"]:.3f}.
 
 ## Instruct step
-{inst.get('mixture', '')}; embeddings at lr {args.instruct_embed_lr:g}, the rest at {args.instruct_lr:g};
-{inst.get('steps')} steps, {inst.get('seconds')} s; copy check passed: {inst.get('passed')} (target {args.copy_target}).
+{inst.get("mixture", "")}; embeddings at lr {args.instruct_embed_lr:g}, the rest at {args.instruct_lr:g};
+{inst.get("steps")} steps, {inst.get("seconds")} s; copy check passed: {inst.get("passed")} (target {args.copy_target}).
 
 | training time | check ru sentence copy | check en sentence copy |
 | ---: | ---: | ---: |
 {checks}
 
 ## Base → instruct change (LEP's assumption)
-input embeddings {ch['input_change']:.1%}, output embeddings {ch['output_change']:.1%}, transformer body {ch['body_change']:.1%} of their norm;
-best linear map base → instruct leaves {ch['input_linear_fit_residual']:.1%} (input) and {ch['output_linear_fit_residual']:.1%} (output) unexplained.
+{change}
 lep-merge fits with the old vocabulary (adapted = base): {json.dumps(fits)}
 
 In-context copying as a language model (nats/token on 60-token passages of never-trained Russian text, first
-occurrence / the same passage repeated right after): {json.dumps(facts['repeat_losses'])}
+occurrence / the same passage repeated right after): {json.dumps(c.facts["repeat_losses"])}
 
 ## Results ({S} embedding steps; mean ± sd over seeds)
-{rows_table(main_rows)}
+{rows_table(t.main)}
 
 ## Propagation alone (old vocabulary, adapted = base untrained)
-{rows_table(alone_rows)}
+{rows_table(t.alone)}
 
 ## Where skill is lost (each method, stage by stage)
-{rows_table(stage_rows)}
+{rows_table(t.stages)}
 
 ## The base side (plain few-shot prompt; kept = vs the base)
-{rows_table(base_rows)}
+{rows_table(t.base_side)}
 
 ## Verdict
-conversion keeps {fmt(*conv['ru sentence copy kept'], pct=True)} of the instruct model's Russian sentence copy: {verdict} the ≥ 90 % claim on this setup.
+{verdict_line}
 
 | stage | wall time |
 | --- | ---: |
@@ -542,11 +815,45 @@ conversion keeps {fmt(*conv['ru sentence copy kept'], pct=True)} of the instruct
 | total of the stages | {sum(times.values()):.0f} s |
 | this invocation | {all_time:.0f} s |
 """
-    (out / "report.md").write_text(report, encoding="utf-8")
-    summary = {"facts": facts, "times": times, "total_seconds": all_time, "main": main_rows, "propagation_alone": alone_rows,
-               "stages": stage_rows, "base_side": base_rows, "curve": curve, "chance": chance}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+
+
+def stage_report(c: Claim, records: dict[str, dict], seeds: list[int]) -> None:
+    """7. the plot, OUTPUT/report.md (also printed) and OUTPUT/summary.json."""
+    ref = records["instruct"]
+    t = result_tables(c, records, seeds)
+    chance_kept = ref["texts"]["ru/heldout"]["chance"]["sentence_copy"] / _score(ref, "ru/heldout", "sentence_copy")
+    plot(t.main, t.curve, chance_kept, c.out / "retention.png")
+    chance = {text: ref["texts"][text]["chance"] for text in ("ru/heldout", "en/heldout")}
+    all_time = time.perf_counter() - c.began_all
+    report = report_markdown(c, t, seeds, chance, all_time)
+    (c.out / "report.md").write_text(report, encoding="utf-8")
+    summary = {
+        "facts": c.facts,
+        "times": c.times,
+        "total_seconds": all_time,
+        "main": t.main,
+        "propagation_alone": t.alone,
+        "stages": t.stages,
+        "base_side": t.base_side,
+        "curve": t.curve,
+        "chance": chance,
+    }
+    summary_text = json.dumps(summary, indent=1, ensure_ascii=False, default=str)
+    (c.out / "summary.json").write_text(summary_text, encoding="utf-8")
     log(report)
+
+
+def main() -> None:
+    c = setup(parse_args())
+    stage_texts(c)
+    stage_base(c)
+    stage_instruct(c)
+    stage_changes(c)
+    alone = stage_propagation_alone(c)
+    step0, tinit_instruct = stage_vocab(c)
+    seeds_out = stage_seeds(c)
+    records = stage_evaluation(c, models_to_evaluate(c, alone, step0, tinit_instruct, seeds_out))
+    stage_report(c, records, list(seeds_out))
 
 
 if __name__ == "__main__":

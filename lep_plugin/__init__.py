@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "LEPPlugin":
-        from lep_plugin.plugin.plugin import LEPPlugin
+        from lep_plugin.plugin.plugin import LEPPlugin  # lazy: importing Axolotl takes seconds (docstring)
 
         return LEPPlugin
     raise AttributeError(f"module 'lep_plugin' has no attribute {name!r}")

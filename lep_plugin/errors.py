@@ -50,7 +50,8 @@ class SettingWords:
         return path
 
 
-_WORDS: ContextVar[SettingWords] = ContextVar("lep_setting_words", default=SettingWords())
+_PLAIN = SettingWords()
+_WORDS: ContextVar[SettingWords | None] = ContextVar("lep_setting_words", default=None)
 
 
 @contextlib.contextmanager
@@ -65,7 +66,8 @@ def settings_named(kind: Literal["flag", "yaml", "plain"], prefix: str = "") -> 
 
 def setting_name(path: str) -> str:
     """``path`` (a field name, or ``vocab.text_field``) as the user wrote that setting."""
-    return _WORDS.get().name(path)
+    words = _WORDS.get()
+    return (_PLAIN if words is None else words).name(path)
 
 
 def _fields_at(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]:
@@ -78,7 +80,9 @@ def _fields_at(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]
             return []
         annotation = field.annotation
         if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-            annotation = next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            annotation = next(
+                (a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None
+            )
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return list(model.model_fields) if model is not None else []
 
@@ -93,7 +97,9 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             close = difflib.get_close_matches(loc[-1], _fields_at(model, loc[:-1]), n=1, cutoff=0.6)
-            message = "unknown key (a typo?)" + (f" – did you mean {setting_name('.'.join((*loc[:-1], close[0])))}?" if close else "")
+            message = "unknown key (a typo?)" + (
+                f" – did you mean {setting_name('.'.join((*loc[:-1], close[0])))}?" if close else ""
+            )
         elif item["type"] == "missing":
             message = "required"
         where = setting_name(".".join(loc)) if loc else ""

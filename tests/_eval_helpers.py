@@ -107,7 +107,14 @@ def copy_examples(tok, texts: list[str]) -> list[tuple[list[int], list[int]]]:
 
 
 def train_copier(
-    tokenizer_dir: Path, out: Path, steps: int = 500, seed: int = 0, lr: float = 3e-3, hidden: int = 64, batch_size: int = 32, log=None
+    tokenizer_dir: Path,
+    out: Path,
+    steps: int = 500,
+    seed: int = 0,
+    lr: float = 3e-3,
+    hidden: int = 64,
+    batch_size: int = 32,
+    log=None,
 ) -> Path:
     """Train a tiny Llama to answer the chat copy prompt with the text; random sentences and paragraphs."""
     from transformers import AutoTokenizer, LlamaForCausalLM

@@ -52,12 +52,17 @@ def main(config_file: str, output: str) -> None:
     fully_shard(model, mesh=mesh)
     assert all(is_dtensor(p) for p in embedding_parameters(model)), "fully_shard left a plain embedding"
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"], weight_decay=0.0
+    )
     torch.manual_seed(1234 + rank)  # each rank its own batch, as a sharded data loader gives
     tok = trainer.processing_class
     args = SimpleNamespace()
     state = SimpleNamespace(global_step=0)
-    texts = [json.loads(line)["text"] for line in Path(cfg["datasets"][0]["path"]).read_text(encoding="utf-8").splitlines()[:8]]
+    texts = [
+        json.loads(line)["text"]
+        for line in Path(cfg["datasets"][0]["path"]).read_text(encoding="utf-8").splitlines()[:8]
+    ]
     for step in range(cfg["max_steps"]):
         text = texts[(2 * step + rank) % len(texts)]
         ids = tok(text, return_tensors="pt", truncation=True, max_length=64)["input_ids"]

@@ -41,12 +41,16 @@ def check_tokenizer(reader, model_dir: Path) -> dict:
     assert len(tokens) >= len(tok)
     mismatched = [i for i, (a, b) in enumerate(zip(tokens, hf)) if a != b]
     assert not mismatched, f"{len(mismatched)} tokens differ, first: {[(i, tokens[i], hf[i]) for i in mismatched[:3]]}"
-    assert all(t.startswith("[PAD") for t in tokens[len(tok):])  # embedding rows beyond the tokenizer
+    assert all(t.startswith("[PAD") for t in tokens[len(tok) :])  # embedding rows beyond the tokenizer
     for attr, key in SPECIAL_KEYS.items():
         value = getattr(tok, attr)
         if value is not None:
             assert field(reader, key) == value, (attr, field(reader, key), value)
-    return {"tokens": len(tokens), "model": field(reader, "tokenizer.ggml.model"), "pre": field(reader, "tokenizer.ggml.pre")}
+    return {
+        "tokens": len(tokens),
+        "model": field(reader, "tokenizer.ggml.model"),
+        "pre": field(reader, "tokenizer.ggml.pre"),
+    }
 
 
 def _hf_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -80,7 +84,12 @@ def check_tensors(reader, model_dir: Path) -> int:
         elif name.endswith("k_proj.weight"):
             weight = _llama_rope_layout(weight, config["num_key_value_heads"])
         data = stored.pop(target)
-        assert data.dtype == np.float32 and data.shape == tuple(weight.shape), (name, data.dtype, data.shape, weight.shape)
+        assert data.dtype == np.float32 and data.shape == tuple(weight.shape), (
+            name,
+            data.dtype,
+            data.shape,
+            weight.shape,
+        )
         assert np.array_equal(data, weight.float().numpy()), name
         compared += 1
     assert not stored, f"GGUF tensors without an HF tensor: {sorted(stored)}"
@@ -92,8 +101,13 @@ def fake_eval_json(path: Path, models: list[str]) -> Path:
     from lep_plugin.evaluation.evaluate import METRICS
 
     records = [
-        {"model": m, "texts": {"ru": {metric: 0.5 + 0.1 * k for metric in METRICS}, "en": {metric: 0.25 for metric in METRICS}}}
+        {
+            "model": m,
+            "texts": {"ru": {metric: 0.5 + 0.1 * k for metric in METRICS}, "en": {metric: 0.25 for metric in METRICS}},
+        }
         for k, m in enumerate(models)
     ]
-    path.write_text(json.dumps({"settings": {}, "texts": ["ru.jsonl", "en.jsonl"], "results": records}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"settings": {}, "texts": ["ru.jsonl", "en.jsonl"], "results": records}), encoding="utf-8"
+    )
     return path

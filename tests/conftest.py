@@ -1,6 +1,7 @@
 """Session fixtures shared by all tests. Built once per session into a temporary dir (no hub access).
 
-Reusable builders live in ``tests/fixtures.py`` (``from fixtures import ...``).
+Everything the fixtures build comes from ``tests/builders.py`` (models, tokenizers, corpora, trios, family
+layouts); ``tests/_plugin_helpers.py`` holds the Axolotl configs and runs.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from fixtures import (  # noqa: E402
+from _plugin_helpers import make_zero3_checkpoint  # noqa: E402
+from builders import (  # noqa: E402 - after the offline environment above
     RU_HELDOUT,
     RU_TRAIN,
     SHARED_DATA,
+    FamilyCache,
+    LayoutCache,
+    Trio,
     build_mistral_tokenizer,
     build_tekken_tokenizer,
     build_tiny_model,
+    build_trio,
     write_corpus_slice,
 )
 
@@ -48,7 +54,6 @@ def tekken_tokenizer(tmp_path_factory):
 def family_layouts(tmp_path_factory, mistral_tokenizer, tekken_tokenizer):
     """Tokenizers in the layouts of the families people adapt (Llama-3, Qwen, Gemma, Phi-3, Mistral v1/v3,
     Tekken), built on first use: ``family_layouts.get("llama3")``, or cut: ``.get("qwen", 8000)``."""
-    from _family_helpers import LayoutCache
 
     return LayoutCache(tmp_path_factory.mktemp("layouts"), {"mistral": mistral_tokenizer, "tekken": tekken_tokenizer})
 
@@ -56,7 +61,6 @@ def family_layouts(tmp_path_factory, mistral_tokenizer, tekken_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_families(tmp_path_factory, family_layouts):
     """Tiny random base + instruct models of each family, built on first use: ``tiny_families.get("qwen2")``."""
-    from _family_helpers import FamilyCache
 
     return FamilyCache(tmp_path_factory.mktemp("families"), family_layouts)
 
@@ -94,6 +98,18 @@ def ru_heldout(shared_data):
 def zero3_checkpoint(tmp_path_factory, tiny_mistral):
     """A real ZeRO-3 checkpoint of tiny Mistral trained by ``axolotl train`` with the plugin (`train:
     new_rows`, extend vocabulary); here so that the plugin and lep-merge tests share one run."""
-    from _plugin_helpers import make_zero3_checkpoint
-
     return make_zero3_checkpoint(tmp_path_factory.mktemp("zero3"), tiny_mistral)
+
+
+@pytest.fixture(scope="session")
+def mistral_trio(tmp_path_factory, tiny_mistral, ru_corpus_small) -> Trio:
+    """Base / instruct / adapted tiny Mistral models for lep-merge (see ``builders.build_trio``)."""
+    return build_trio(tmp_path_factory.mktemp("trio-mistral"), tiny_mistral, ru_corpus_small)
+
+
+@pytest.fixture(scope="session")
+def tied_trio(tmp_path_factory, tiny_llama_tied, ru_corpus_small, mistral_trio) -> Trio:
+    """The same with a tied Llama; same old tokenizer as ``mistral_trio``, so its vocabulary is reused."""
+    return build_trio(
+        tmp_path_factory.mktemp("trio-tied"), tiny_llama_tied, ru_corpus_small, mistral_trio.new_tokenizer
+    )

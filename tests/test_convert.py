@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import build_tiny_model
+from builders import build_tiny_model
 
 from lep_plugin.checkpoints.safetensors import SafetensorsCheckpoint
 from lep_plugin.cli.lep import main
@@ -26,11 +26,20 @@ def moved_ids(tmp_path_factory, tekken_tokenizer, ru_corpus_small):
     string but not its id."""
     root = tmp_path_factory.mktemp("moved-ids")
     model_dir = build_tiny_model("llama", tekken_tokenizer, root / "model")
-    new_dir = build_vocabulary(tekken_tokenizer, [ru_corpus_small], VocabOptions(method="optimize", vocab_size=3000, keep=4000, max_chars=300_000), root / "optimize")
+    new_dir = build_vocabulary(
+        tekken_tokenizer,
+        [ru_corpus_small],
+        VocabOptions(method="optimize", vocab_size=3000, keep=4000, max_chars=300_000),
+        root / "optimize",
+    )
     tok, new_vocab = load_tokenizer(model_dir), load_tokenizer(new_dir).get_vocab()
     moved = next(i for t, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if new_vocab.get(t, i) != i)
     eos_list = [tok.eos_token_id, tok.convert_tokens_to_ids("[/INST]"), moved]
-    generation = json.loads((model_dir / "generation_config.json").read_text()) if (model_dir / "generation_config.json").is_file() else {}
+    generation = (
+        json.loads((model_dir / "generation_config.json").read_text())
+        if (model_dir / "generation_config.json").is_file()
+        else {}
+    )
     generation |= {"eos_token_id": eos_list, "bos_token_id": tok.bos_token_id, "pad_token_id": None}
     (model_dir / "generation_config.json").write_text(json.dumps(generation))
     return model_dir, new_dir, [tok.convert_ids_to_tokens(i) for i in eos_list]
@@ -75,12 +84,25 @@ def test_vocab_convert_reads_a_deepspeed_only_checkpoint(zero3_checkpoint, mistr
     the fp32 partitions and fragments) to the same model as the run's HF save of that step."""
     run = zero3_checkpoint
     ds_only = tmp_path / "ds-only"
-    shutil.copytree(run.checkpoint, ds_only, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json", "*.bin"))
+    shutil.copytree(
+        run.checkpoint, ds_only, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json", "*.bin")
+    )
     assert not list(ds_only.glob("*.safetensors")) and (ds_only / "latest").is_file()
     outputs = {}
     for kind, source in (("deepspeed", ds_only), ("hf", run.output)):
         outputs[kind] = tmp_path / kind
-        main(["vocab", "convert", "--model", str(source), "--tokenizer", str(mistral_tokenizer), "--output", str(outputs[kind])])
+        main(
+            [
+                "vocab",
+                "convert",
+                "--model",
+                str(source),
+                "--tokenizer",
+                str(mistral_tokenizer),
+                "--output",
+                str(outputs[kind]),
+            ]
+        )
     from_ds, from_hf = SafetensorsCheckpoint(outputs["deepspeed"]), SafetensorsCheckpoint(outputs["hf"])
     assert sorted(from_ds.names()) == sorted(from_hf.names())
     for name in from_hf.names():

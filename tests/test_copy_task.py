@@ -33,11 +33,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def source_paragraphs(*files: Path) -> set[str]:
     return {
-        line.strip()
-        for f in files
-        for record in read_jsonl(f)
-        for line in record["text"].split("\n")
-        if line.strip()
+        line.strip() for f in files for record in read_jsonl(f) for line in record["text"].split("\n") if line.strip()
     }
 
 

@@ -4,30 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fixtures import generate_from_chat
+from builders import generate_from_chat
 
 from lep_plugin.demo.models import train_base, train_instruct
-from lep_plugin.demo.pipeline import DEMO_DATA, corpora
+from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, corpora
 
 
 def test_tiny_base_and_instruct_models_train_and_chat(mistral_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lines: list[str] = []
-    base = train_base(mistral_tokenizer, [DEMO_DATA / "en.jsonl"], tmp_path / "base", seconds=4, log=lines.append, hidden=32, layers=1)
-    instruct = train_instruct(base, DEMO_DATA / "instructions.jsonl", tmp_path / "instruct", seconds=4, log=lines.append)
+    base = train_base(
+        mistral_tokenizer, [DEMO_DATA / "en.jsonl"], tmp_path / "base", seconds=4, log=lines.append, hidden=32, layers=1
+    )
+    instruct = train_instruct(
+        base, DEMO_DATA / "instructions.jsonl", tmp_path / "instruct", seconds=4, log=lines.append
+    )
     assert any(line.startswith("  base:") for line in lines) and any(line.startswith("  instruct:") for line in lines)
     model = AutoModelForCausalLM.from_pretrained(instruct)
     tok = AutoTokenizer.from_pretrained(instruct)
     base_model = AutoModelForCausalLM.from_pretrained(base)
-    assert any(not (a == b).all() for a, b in zip(model.parameters(), base_model.parameters())), "instruct tuning changed nothing"
+    assert any(not (a == b).all() for a, b in zip(model.parameters(), base_model.parameters())), (
+        "instruct tuning changed nothing"
+    )
     ids, generated = generate_from_chat(model, tok, "Повтори: привет", max_new_tokens=4)
     assert generated.shape[1] > ids.shape[1]
 
 
 def test_demo_corpora_roles(shared_data):
     found = corpora(())  # ../shared/data is beside the project in tests
-    assert found["target"] == [str(Path("../shared/data/ru/train.jsonl"))] and len(found["heldout"]) == 2
+    assert found["target"] == [str(SHARED / "ru" / "train.jsonl")] and len(found["heldout"]) == 2
     given = corpora(("my.jsonl",))
     assert given["target"] == given["heldout"] == ["my.jsonl"]
     assert all(Path(p).is_file() for p in given["lm"] + given["instructions"])  # shipped with the package

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _merge_helpers import mistral_trio  # noqa: F401 - fixture
 
 from lep_plugin.common.devices import resolve_device
 from lep_plugin.errors import LEPError
@@ -64,7 +63,9 @@ def test_bf16_weights_give_bf16_results():
     # computed in float32 from the bf16 values, rounded once at the end
     assert torch.equal(rows, apply_operator(op, old.float()).to(torch.bfloat16))
     assert initial_rows(op, old, 55).dtype == torch.bfloat16
-    p = torch.eye(16, dtype=torch.float64) + 0.01 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    p = torch.eye(16, dtype=torch.float64) + 0.01 * torch.randn(
+        16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     out = prop.apply_correction(old, p)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), (old.double() @ p).float(), atol=2e-2, rtol=1e-2)
@@ -98,7 +99,11 @@ def test_resolve_device_on_a_machine_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
     assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    for choice, message in (("cuda", "sees no CUDA GPU"), ("cuda:1", "sees no CUDA GPU"), ("gpu", "expected auto, cpu")):
+    for choice, message in (
+        ("cuda", "sees no CUDA GPU"),
+        ("cuda:1", "sees no CUDA GPU"),
+        ("gpu", "expected auto, cpu"),
+    ):
         with pytest.raises(LEPError, match=message):
             resolve_device(choice)
 
@@ -110,8 +115,20 @@ def test_lep_merge_device_cpu_is_the_default_here(mistral_trio, tmp_path):
     outputs = {}
     for device in ("auto", "cpu"):
         outputs[device] = tmp_path / device
-        main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted),
-              "--output", str(outputs[device]), "--device", device])
+        main(
+            [
+                "--base",
+                str(mistral_trio.base),
+                "--instruct",
+                str(mistral_trio.instruct),
+                "--adapted",
+                str(mistral_trio.adapted),
+                "--output",
+                str(outputs[device]),
+                "--device",
+                device,
+            ]
+        )
     a, b = SafetensorsCheckpoint(outputs["auto"]), SafetensorsCheckpoint(outputs["cpu"])
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert torch.equal(a.get(name), b.get(name))

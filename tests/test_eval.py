@@ -37,7 +37,9 @@ from lep_plugin.evaluation.tasks import (
     resolve_prompt_style,
 )
 
-SETTINGS = EvalSettings(samples=6, max_new_tokens_sentence=64, max_new_tokens_paragraph=64, bpc_chars=3000, batch_size=4)
+SETTINGS = EvalSettings(
+    samples=6, max_new_tokens_sentence=64, max_new_tokens_paragraph=64, bpc_chars=3000, batch_size=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,17 @@ def test_copier_scores_high_random_model_low(copy_world):
     assert copier["paragraph_copy"] >= 0.8, copier
     assert rand["sentence_copy"] <= 0.6, rand
     assert rand["paragraph_copy"] == 0.0, rand
+    # the strict score: the copier near 1 and mostly exact, the random model at or below chance
+    chance = copier["chance"]
+    assert chance == rand["chance"]  # same tokenizer, same samples: the same chance levels
+    assert 0.1 < chance["sentence_strict"] < 0.6 and chance["sentence_exact"] == 0.0
+    assert copier["sentence_strict"] >= 0.95 and copier["paragraph_strict"] >= 0.95, copier
+    assert copier["sentence_exact"] >= 0.5, copier
+    assert rand["sentence_strict"] < chance["sentence_strict"] + 0.1 and rand["sentence_exact"] == 0.0, rand
+    # only copied characters count per generated token: the copier's equals the text's chars/token
+    # (a word-level tokenizer: one token per word), the random model's rambling earns little
+    assert copier["copied_chars_per_token"] == pytest.approx(copier["chars_per_token"], rel=0.1)
+    assert rand["copied_chars_per_token"] < copier["copied_chars_per_token"] / 2, rand
     # a random model is close to uniform: about log2(V) bits per token spread over the characters of a token
     # (the copier, trained only on copy prompts, is no language model of the plain text: no claim about it)
     vocab = len(load_model(copy_world["random"], device="cpu")[1])
@@ -119,11 +132,64 @@ def test_generation_equals_the_greedy_definition_on_a_random_model(copy_world):
     assert batched == [_reference_greedy(model, p, 24, stop) for p in prompts]
 
 
+def test_per_prompt_budgets_cut_each_row_at_its_own_limit(copy_world):
+    """A random model rarely stops: every row runs to its own limit, exactly the greedy definition cut there."""
+    model, tok = load_model(copy_world["random"], device="cpu")
+    model.eval()
+    words = lexicon()
+    prompts = [copy_prompt_ids(tok, " ".join(words[:n]), "chat") for n in (3, 9, 5, 12)]
+    limits = [2, 17, 9, 30]
+    stop = eos_token_ids(model, tok)
+    ticks = []
+    with torch.no_grad():
+        batched = greedy_generate(model, prompts, limits, stop, tok.pad_token_id, batch_size=4, progress=ticks.append)
+        assert batched == [_reference_greedy(model, p, n, stop) for p, n in zip(prompts, limits)]
+    assert all(len(b) <= n for b, n in zip(batched, limits)) and len(batched[3]) > 17 and ticks == [4]
+    with pytest.raises(ValueError):
+        greedy_generate(model, prompts, [4, 4], stop, tok.pad_token_id)
+
+
+def test_paragraph_budget_fits_the_reference(copy_world):
+    from transformers import AutoTokenizer
+
+    from lep_plugin.evaluation.evaluate import generation_budgets
+
+    tok = AutoTokenizer.from_pretrained(str(copy_world["tok"]))
+    words = lexicon()
+    texts = [" ".join(words[:10]), " ".join(words[:40]), " ".join(words * 20)]  # 10, 40 and 1,200 tokens
+    assert generation_budgets(tok, texts, 1.5, 1024) == [16, 61, 1024]
+    assert generation_budgets(tok, texts, 1.0, 50) == [11, 41, 50]
+
+
+def test_identical_models_are_named_in_the_table(copy_world):
+    from lep_plugin.evaluation.report import identical_groups, markdown_table
+
+    settings = EvalSettings(
+        samples=2, max_new_tokens_sentence=6, max_new_tokens_paragraph=6, bpc_chars=300, batch_size=2
+    )
+    tasks = load_tasks([copy_world["text"]], settings)
+    model, tok = load_model(copy_world["random"], device="cpu")
+    records = [evaluate_model(model, tok, tasks, settings, name=name) for name in ("swap", "overlap")]
+    other, _ = load_model(copy_world["copier"], device="cpu")
+    records.append(evaluate_model(other, tok, tasks, settings, name="copier"))
+    assert identical_groups(records) == [[0, 1]]
+    table = markdown_table(records).splitlines()
+    assert table[2].startswith("| swap |") and table[3].startswith("| overlap (identical to swap) |")
+    assert table[4].startswith("| copier |")
+    assert table[-1] == "Identical results (every metric to three decimals): swap = overlap."
+    assert identical_groups(records[1:]) == [] and "Identical" not in markdown_table(records[1:])
+
+
 def test_evaluation_restores_training_mode(copy_world):
     model, tok = load_model(copy_world["random"], device="cpu")
     model.train()
-    tasks = load_tasks([copy_world["text"]], EvalSettings(samples=1, max_new_tokens_sentence=4, max_new_tokens_paragraph=4, bpc_chars=200))
-    evaluate_model(model, tok, tasks, EvalSettings(samples=1, max_new_tokens_sentence=4, max_new_tokens_paragraph=4, bpc_chars=200))
+    tasks = load_tasks(
+        [copy_world["text"]],
+        EvalSettings(samples=1, max_new_tokens_sentence=4, max_new_tokens_paragraph=4, bpc_chars=200),
+    )
+    evaluate_model(
+        model, tok, tasks, EvalSettings(samples=1, max_new_tokens_sentence=4, max_new_tokens_paragraph=4, bpc_chars=200)
+    )
     assert model.training
     assert all(p.grad is None for p in model.parameters())
 
@@ -131,8 +197,15 @@ def test_evaluation_restores_training_mode(copy_world):
 def _uniform_model(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.zero_()  # all logits 0: every token has probability 1/V
@@ -141,11 +214,16 @@ def _uniform_model(vocab_size: int):
 
 def test_bits_per_char_closed_form_under_two_tokenizers(copy_world, mistral_tokenizer, ru_heldout):
     """A uniform model pays log2(V) bits per token: bpc = log2(V) * tokens / chars for any tokenizer."""
-    from fixtures import read_texts
+    from builders import read_texts
     from transformers import AutoTokenizer
 
-    cases = [(AutoTokenizer.from_pretrained(str(copy_world["tok"])), [t.replace("\n", " ") for t in synthetic_documents(lexicon(), 3, 5)]),
-             (AutoTokenizer.from_pretrained(str(mistral_tokenizer)), [t[:1500] for t in read_texts(ru_heldout, 2)])]
+    cases = [
+        (
+            AutoTokenizer.from_pretrained(str(copy_world["tok"])),
+            [t.replace("\n", " ") for t in synthetic_documents(lexicon(), 3, 5)],
+        ),
+        (AutoTokenizer.from_pretrained(str(mistral_tokenizer)), [t[:1500] for t in read_texts(ru_heldout, 2)]),
+    ]
     for tok, texts in cases:
         model = _uniform_model(len(tok))
         tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)  # + BOS context, not scored
@@ -169,8 +247,13 @@ def test_bits_per_char_invariant_under_relabelled_vocabulary(copy_world, tmp_pat
     for added in spec["added_tokens"]:
         added["id"] = int(perm[added["id"]])
     spec["post_processor"]["special_tokens"]["<s>"]["ids"] = [int(perm[tok.bos_token_id])]
-    tok2 = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>")
+    tok2 = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
     import copy as copylib
 
     model2 = copylib.deepcopy(model)
@@ -242,12 +325,27 @@ def test_callback_under_a_plain_trainer(copy_world, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(str(copy_world["random"]))
     rows = [tok(t)["input_ids"] for t in synthetic_documents(lexicon(), 8, seed=9)]
     data = Dataset.from_dict({"input_ids": rows, "labels": rows})
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=1, logging_steps=1,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=1,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     seen_training = []
-    options = {"texts": [str(copy_world["text"])], "samples": 2, "every_n_steps": 2, "at_start": True,
-               "max_new_tokens_sentence": 8, "max_new_tokens_paragraph": 8, "bpc_chars": 500}
+    options = {
+        "texts": [str(copy_world["text"])],
+        "samples": 2,
+        "every_n_steps": 2,
+        "at_start": True,
+        "max_new_tokens_sentence": 8,
+        "max_new_tokens_paragraph": 8,
+        "bpc_chars": 500,
+    }
     callback = build_eval_callback(options, tok, args.output_dir, trainer=trainer)
     original = callback._evaluate
 
@@ -269,6 +367,12 @@ def test_callback_under_a_plain_trainer(copy_world, tmp_path):
     logged = [h for h in trainer.state.log_history if "lep_eval/synthetic/sentence_copy" in h]
     assert [h["step"] for h in logged] == [0, 2, 3]
     assert all(math.isfinite(h["lep_eval/synthetic/bits_per_char"]) for h in logged)
+    # the strict score, exact match and their chance levels reach the logs beside Darumeru's
+    for h in logged:
+        for name in ("sentence_strict", "sentence_exact", "paragraph_strict"):
+            assert 0 <= h[f"lep_eval/synthetic/{name}"] <= 1 and 0 <= h[f"lep_eval/synthetic/chance/{name}"] <= 1
+    assert history[-1]["summary"]["synthetic_strict"] == logged[-1]["lep_eval/synthetic/sentence_strict"]
+    assert history[-1]["summary_chance"]["synthetic_strict"] == logged[-1]["lep_eval/synthetic/chance/sentence_strict"]
     # the mode is restored after each evaluation (before the first step the Trainer has not set train mode yet)
     assert seen_training == [(False, False), (True, True), (True, True)]
 

@@ -24,7 +24,7 @@ from _plugin_helpers import (
     training_data,
     write_config,
 )
-from fixtures import RU_HELDOUT, SHARED_DATA, generate_from_chat, write_corpus_slice
+from builders import RU_HELDOUT, SHARED_DATA, generate_from_chat, write_corpus_slice
 from safetensors.torch import load_file, save_file
 
 from lep_plugin.cli.lep import main
@@ -38,17 +38,50 @@ from lep_plugin.vocab.options import VocabOptions
 
 # layout: (tokenizer length, BOS, EOS, ids of named tokens, are the specials appended after the BPE vocabulary)
 LAYOUT_FACTS = {
-    "llama3": (128_256, "<|begin_of_text|>", "<|end_of_text|>",
-               {"<|begin_of_text|>": 128_000, "<|end_of_text|>": 128_001, "<|start_header_id|>": 128_006,
-                "<|end_header_id|>": 128_007, "<|eom_id|>": 128_008, "<|eot_id|>": 128_009,
-                "<|reserved_special_token_247|>": 128_255}, True),
-    "qwen": (130_098, None, "<|endoftext|>",
-             {"<|endoftext|>": 130_072, "<|im_start|>": 130_073, "<|im_end|>": 130_074, "</think>": 130_097}, True),
-    "gemma": (32_105, "<bos>", "<eos>",
-              {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<start_of_turn>": 106, "<end_of_turn>": 107}, False),
-    "phi3": (32_011, "<s>", "<|endoftext|>",
-             {"<unk>": 0, "<s>": 1, "<|endoftext|>": 32_000, "<|assistant|>": 32_001, "<|system|>": 32_006,
-              "<|end|>": 32_007, "<|user|>": 32_010}, True),
+    "llama3": (
+        128_256,
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        {
+            "<|begin_of_text|>": 128_000,
+            "<|end_of_text|>": 128_001,
+            "<|start_header_id|>": 128_006,
+            "<|end_header_id|>": 128_007,
+            "<|eom_id|>": 128_008,
+            "<|eot_id|>": 128_009,
+            "<|reserved_special_token_247|>": 128_255,
+        },
+        True,
+    ),
+    "qwen": (
+        130_098,
+        None,
+        "<|endoftext|>",
+        {"<|endoftext|>": 130_072, "<|im_start|>": 130_073, "<|im_end|>": 130_074, "</think>": 130_097},
+        True,
+    ),
+    "gemma": (
+        32_105,
+        "<bos>",
+        "<eos>",
+        {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<start_of_turn>": 106, "<end_of_turn>": 107},
+        False,
+    ),
+    "phi3": (
+        32_011,
+        "<s>",
+        "<|endoftext|>",
+        {
+            "<unk>": 0,
+            "<s>": 1,
+            "<|endoftext|>": 32_000,
+            "<|assistant|>": 32_001,
+            "<|system|>": 32_006,
+            "<|end|>": 32_007,
+            "<|user|>": 32_010,
+        },
+        True,
+    ),
     "mistral-v3": (32_768, "<s>", "</s>", {"<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4}, False),
 }
 
@@ -65,10 +98,15 @@ def test_layout_fixtures_are_the_families(family_layouts, layout):
     plain = tok("Привет", add_special_tokens=False)["input_ids"]
     assert tok("Привет")["input_ids"] == ([tok.bos_token_id] if bos else []) + plain
     if layout == "qwen":  # the tool and think markers are added tokens that are not special
-        assert not tok.added_tokens_decoder[ids["</think>"]].special and tok.added_tokens_decoder[ids["<|im_end|>"]].special
+        assert (
+            not tok.added_tokens_decoder[ids["</think>"]].special
+            and tok.added_tokens_decoder[ids["<|im_end|>"]].special
+        )
     text = tok.apply_chat_template([{"role": "user", "content": "Привет"}], tokenize=False, add_generation_prompt=True)
     markers = [t.content for t in tok.added_tokens_decoder.values() if t.content in text]
-    assert markers and all(tok(m, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(m)] for m in markers)
+    assert markers and all(
+        tok(m, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(m)] for m in markers
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in FAMILIES if n != "tekken"])  # tekken: a 131k-row model, as mistral's
@@ -88,7 +126,9 @@ def test_tiny_family_models(tiny_families, name):
     generation = GenerationConfig.from_pretrained(models.instruct)
     assert generation.eos_token_id == (eos if len(eos) > 1 else eos[0])
     assert instruct_tok.eos_token == (fam.chat_eos_token or tok.eos_token)
-    assert "lm_head.weight" not in load_weights(models.base) if fam.tied else "lm_head.weight" in load_weights(models.base)
+    assert (
+        "lm_head.weight" not in load_weights(models.base) if fam.tied else "lm_head.weight" in load_weights(models.base)
+    )
 
 
 def _poisoned_padding_rows(model_dir: Path, out: Path, value: float = 1e4) -> Path:
@@ -113,11 +153,25 @@ def test_padding_rows_are_never_averaged_into_new_rows(tiny_families, ru_corpus_
     old_rows = json.loads((models.base / "config.json").read_text())["vocab_size"]
     assert old_rows > len(load_tokenizer(models.base))
     base = _poisoned_padding_rows(models.base, tmp_path / "base")
-    new_dir = build_vocabulary(base, [ru_corpus_small], VocabOptions(method="extend", vocab_size=1500, max_chars=300_000), tmp_path / "tok")
+    new_dir = build_vocabulary(
+        base, [ru_corpus_small], VocabOptions(method="extend", vocab_size=1500, max_chars=300_000), tmp_path / "tok"
+    )
     new_tok = load_tokenizer(new_dir)
     assert len(new_tok) > old_rows  # new tokens take ids past the old padding rows' positions
-    main(["vocab", "convert", "--model", str(base), "--tokenizer", str(new_dir), "--output", str(tmp_path / "converted"),
-          "--pad-to-multiple-of", "128"])
+    main(
+        [
+            "vocab",
+            "convert",
+            "--model",
+            str(base),
+            "--tokenizer",
+            str(new_dir),
+            "--output",
+            str(tmp_path / "converted"),
+            "--pad-to-multiple-of",
+            "128",
+        ]
+    )
     weights = load_weights(tmp_path / "converted")
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert weights[name].shape[0] % 128 == 0 and weights[name].shape[0] > len(new_tok)
@@ -132,12 +186,27 @@ def test_convert_keeps_the_llama3_instruct_eos_list(tiny_families, ru_corpus_sma
     """`lep vocab convert` of a Llama-3-Instruct layout ([<|end_of_text|>, <|eom_id|>, <|eot_id|>] end a turn)
     to an `optimize` vocabulary, which renumbers every old token: the whole list, mapped by string."""
     models = tiny_families.get("llama3")
-    new_dir = build_vocabulary(models.instruct, [ru_corpus_small],
-                               VocabOptions(method="optimize", vocab_size=1500, keep=4000, max_chars=300_000), tmp_path / "tok")
+    new_dir = build_vocabulary(
+        models.instruct,
+        [ru_corpus_small],
+        VocabOptions(method="optimize", vocab_size=1500, keep=4000, max_chars=300_000),
+        tmp_path / "tok",
+    )
     old_tok, new_tok = load_tokenizer(models.instruct), load_tokenizer(new_dir)
     eos = list(family("llama3").chat_eos)
     assert [new_tok.convert_tokens_to_ids(t) for t in eos] != [old_tok.convert_tokens_to_ids(t) for t in eos]
-    main(["vocab", "convert", "--model", str(models.instruct), "--tokenizer", str(new_dir), "--output", str(tmp_path / "out")])
+    main(
+        [
+            "vocab",
+            "convert",
+            "--model",
+            str(models.instruct),
+            "--tokenizer",
+            str(new_dir),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     expected = [new_tok.convert_tokens_to_ids(t) for t in eos]
     for name in ("config.json", "generation_config.json"):
         config = json.loads((tmp_path / "out" / name).read_text())
@@ -160,8 +229,11 @@ END_TO_END = {
     "gemma3": ("bpe", "embeddings"),
     "phi3": ("extend", "new_rows"),
 }
-VOCAB_FLAGS = {"bpe": ["--vocab-size", "3000"], "extend": ["--vocab-size", "1500"],
-               "optimize": ["--vocab-size", "1500", "--keep", "4000"]}
+VOCAB_FLAGS = {
+    "bpe": ["--vocab-size", "3000"],
+    "extend": ["--vocab-size", "1500"],
+    "optimize": ["--vocab-size", "1500", "--keep", "4000"],
+}
 
 
 def _check_special_ids(model_dir: Path, tok, eos_tokens) -> None:
@@ -191,19 +263,54 @@ def test_family_end_to_end(name, tiny_families, ru_corpus_small, tmp_path):
     fam, models = family(name), tiny_families.get(name)
     instruct_tok = load_tokenizer(models.instruct)
     new_dir = tmp_path / "tok"
-    main(["vocab", "build", "--tokenizer", str(models.base), "--corpus", str(ru_corpus_small), "--method", method,
-          "--max-chars", "300000", "--output", str(new_dir), *VOCAB_FLAGS[method]])
+    main(
+        [
+            "vocab",
+            "build",
+            "--tokenizer",
+            str(models.base),
+            "--corpus",
+            str(ru_corpus_small),
+            "--method",
+            method,
+            "--max-chars",
+            "300000",
+            "--output",
+            str(new_dir),
+            *VOCAB_FLAGS[method],
+        ]
+    )
     new_tok = load_tokenizer(new_dir)
 
     # lep vocab convert of the instruct model: its EOS list and every special id mapped, tying kept
-    main(["vocab", "convert", "--model", str(models.instruct), "--tokenizer", str(new_dir), "--output", str(tmp_path / "converted")])
+    main(
+        [
+            "vocab",
+            "convert",
+            "--model",
+            str(models.instruct),
+            "--tokenizer",
+            str(new_dir),
+            "--output",
+            str(tmp_path / "converted"),
+        ]
+    )
     _check_special_ids(tmp_path / "converted", new_tok, fam.chat_eos)
     _check_tied(tmp_path / "converted", fam)
 
     # axolotl train with the plugin on the base model (a ready vocabulary), two steps
     data = training_data(tmp_path / "data", docs=8, vocab_docs=8)
-    cfg = tiny_config(tmp_path, models.base, data, max_steps=2, save_strategy="no", save_steps=None, sequence_len=64,
-                      dataset_processes=1, weight_decay=0.0)
+    cfg = tiny_config(
+        tmp_path,
+        models.base,
+        data,
+        max_steps=2,
+        save_strategy="no",
+        save_steps=None,
+        sequence_len=64,
+        dataset_processes=1,
+        weight_decay=0.0,
+    )
     cfg["lep"] = {"vocab": {"tokenizer": str(new_dir)}, "train": train}
     output = run_train(write_config(tmp_path / "train.yml", cfg), launcher=["--launcher", "python"])
     adapted = Path(cfg["output_dir"])
@@ -229,8 +336,20 @@ def test_family_end_to_end(name, tiny_families, ru_corpus_small, tmp_path):
 
     # lep-merge: one fit per matrix (one for a tied model), every method chat-ready
     merged = tmp_path / "merged"
-    merge_main(["--base", str(models.base), "--instruct", str(models.instruct), "--adapted", str(adapted),
-                "--method", "all", "--output", str(merged)])
+    merge_main(
+        [
+            "--base",
+            str(models.base),
+            "--instruct",
+            str(models.instruct),
+            "--adapted",
+            str(adapted),
+            "--method",
+            "all",
+            "--output",
+            str(merged),
+        ]
+    )
     report = json.loads((merged / "lep_merge.json").read_text())
     assert set(report["fits"]) == ({"input"} if fam.tied else {"input", "output"})
     for method_dir in ("swap", "overlap", "conversion"):
@@ -243,8 +362,24 @@ def test_family_end_to_end(name, tiny_families, ru_corpus_small, tmp_path):
 
     # lep eval: the instruct model against its LEP version, on held-out Russian
     heldout = write_corpus_slice(RU_HELDOUT, tmp_path / "heldout.jsonl", 3)
-    main(["eval", str(models.instruct), str(chat_model), "--text", str(heldout), "--samples", "2", "--no-paragraphs",
-          "--max-new-tokens-sentence", "6", "--bpc-chars", "300", "--json", str(tmp_path / "eval.json")])
+    main(
+        [
+            "eval",
+            str(models.instruct),
+            str(chat_model),
+            "--text",
+            str(heldout),
+            "--samples",
+            "2",
+            "--no-paragraphs",
+            "--max-new-tokens-sentence",
+            "6",
+            "--bpc-chars",
+            "300",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert [r["prompt_style"] for r in results] == ["chat", "chat"]
     assert results[1]["vocab_size"] == len(new_tok)
@@ -275,14 +410,33 @@ def test_tiny_cpu_example_on_a_fresh_checkout(tmp_path, monkeypatch, shared_data
     (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
     monkeypatch.chdir(checkout)
     main(["tiny", "--family", "mistral", "--output", "out/tiny-mistral"])
-    proc = subprocess.run([str(VENV_BIN / "axolotl"), "train", "examples/yaml/tiny-cpu.yml"], cwd=checkout,
-                          env=train_env(), capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [str(VENV_BIN / "axolotl"), "train", "examples/yaml/tiny-cpu.yml"],
+        cwd=checkout,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     adapted = checkout / "out" / "tiny-lep"
     assert read_manifest(adapted)["method"] == "extend"
-    merge_main(["--base", "out/tiny-mistral/base", "--instruct", "out/tiny-mistral/instruct", "--adapted", "out/tiny-lep",
-                "--method", "conversion", "--output", "out/tiny-lep-instruct"])
+    merge_main(
+        [
+            "--base",
+            "out/tiny-mistral/base",
+            "--instruct",
+            "out/tiny-mistral/instruct",
+            "--adapted",
+            "out/tiny-lep",
+            "--method",
+            "conversion",
+            "--output",
+            "out/tiny-lep-instruct",
+        ]
+    )
     tok = load_tokenizer(checkout / "out" / "tiny-lep-instruct")
     model = AutoModelForCausalLM.from_pretrained(checkout / "out" / "tiny-lep-instruct", dtype=torch.float32)
     prompt, out = generate_from_chat(model, tok, "Привет", max_new_tokens=3)
-    assert out.shape[1] == prompt.shape[1] + 3 or tok.eos_token_id in out[0, prompt.shape[1]:].tolist()
+    assert out.shape[1] == prompt.shape[1] + 3 or tok.eos_token_id in out[0, prompt.shape[1] :].tolist()

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _merge_helpers import copy_model, mistral_trio  # noqa: F401 - fixture
 from _plugin_helpers import (
     REPO,
     VENV_BIN,
@@ -21,6 +20,7 @@ from _plugin_helpers import (
     training_data,
     write_config,
 )
+from builders import copy_model
 from safetensors.torch import load_file, save_file
 
 from lep_plugin.cli.lep import main as lep
@@ -58,11 +58,20 @@ def run_without_plugin(tmp_path_factory, tiny_mistral, shared_data):
     """What a user gets from a YAML with the `lep:` block but no `plugins:` line: Axolotl trains every
     weight with the old vocabulary and exits 0 (its behaviour: keys no loaded plugin declares are dropped)."""
     work = tmp_path_factory.mktemp("no-plugin")
-    cfg = tiny_config(work, tiny_mistral, training_data(work / "data", docs=20, vocab_docs=50), max_steps=2, save_steps=2)
+    cfg = tiny_config(
+        work, tiny_mistral, training_data(work / "data", docs=20, vocab_docs=50), max_steps=2, save_steps=2
+    )
     cfg.pop("plugins")
     config = write_config(work / "no-plugin.yml", cfg)
-    proc = subprocess.run([str(VENV_BIN / "axolotl"), "train", str(config)], cwd=work, env=train_env(),
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [str(VENV_BIN / "axolotl"), "train", str(config)],
+        cwd=work,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "[lep rank" not in proc.stdout + proc.stderr  # the plugin never ran
     return config, Path(cfg["output_dir"])
@@ -73,13 +82,36 @@ def test_lep_check_and_lep_merge_catch_a_yaml_without_the_plugin(run_without_plu
     config, output = run_without_plugin
     line = _one_error_line(capsys, lep, "check", str(config))
     assert "does not load the plugin: add `plugins: [lep_plugin.LEPPlugin]`" in line
-    line = _one_error_line(capsys, lep_merge, "--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct),
-                           "--adapted", str(output), "--output", str(tmp_path / "merged"))
+    line = _one_error_line(
+        capsys,
+        lep_merge,
+        "--base",
+        str(mistral_trio.base),
+        "--instruct",
+        str(mistral_trio.instruct),
+        "--adapted",
+        str(output),
+        "--output",
+        str(tmp_path / "merged"),
+    )
     assert "has the base model's vocabulary (32,000 tokens)" in line and "plugins: [lep_plugin.LEPPlugin]" in line
     assert not (tmp_path / "merged").exists()
     # told otherwise, it merges
-    lep_merge(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(output),
-               "--output", str(tmp_path / "merged"), "--no-check-adapted", "--method", "swap"])
+    lep_merge(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(output),
+            "--output",
+            str(tmp_path / "merged"),
+            "--no-check-adapted",
+            "--method",
+            "swap",
+        ]
+    )
     assert (tmp_path / "merged" / "config.json").is_file()
 
 
@@ -95,13 +127,38 @@ def _with_changed_layer(adapted: Path, out: Path) -> Path:
 
 def test_lep_merge_refuses_an_adapted_model_whose_layers_were_trained(mistral_trio, tmp_path, capsys):
     adapted = _with_changed_layer(mistral_trio.adapted, tmp_path / "adapted")
-    line = _one_error_line(capsys, lep_merge, "--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct),
-                           "--adapted", str(adapted), "--output", str(tmp_path / "out"))
+    line = _one_error_line(
+        capsys,
+        lep_merge,
+        "--base",
+        str(mistral_trio.base),
+        "--instruct",
+        str(mistral_trio.instruct),
+        "--adapted",
+        str(adapted),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert "transformer tensor model.layers.0." in line and "differs from the base model's" in line
     # the plugin's record of an embedding-only run is trusted (no tensor-by-tensor comparison)
-    write_json(adapted / "lep_vocab.json", {**(read_manifest(mistral_trio.new_tokenizer) or {}), "plugin": {"train": "embeddings"}})
-    lep_merge(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(adapted),
-               "--output", str(tmp_path / "out"), "--method", "swap"])
+    write_json(
+        adapted / "lep_vocab.json",
+        {**(read_manifest(mistral_trio.new_tokenizer) or {}), "plugin": {"train": "embeddings"}},
+    )
+    lep_merge(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(adapted),
+            "--output",
+            str(tmp_path / "out"),
+            "--method",
+            "swap",
+        ]
+    )
     assert (tmp_path / "out" / "config.json").is_file()
 
 
@@ -113,7 +170,10 @@ def test_lep_check_reports_what_a_good_yaml_will_do(tmp_path, tiny_mistral, shar
     out = capsys.readouterr().out
     assert f"old tokenizer: {tiny_mistral}" in out
     assert "vocabulary: extend vocabulary (vocab_size 2,000) from 1 corpus file(s)" in out
-    assert f"vocabulary dir: {tmp_path / 'prepared'}/lep-vocab-" in out and "(will be built at the start of the run)" in out
+    assert (
+        f"vocabulary dir: {tmp_path / 'prepared'}/lep-vocab-" in out
+        and "(will be built at the start of the run)" in out
+    )
     assert "trains: the input embedding and lm_head matrices; every other weight frozen" in out
     assert out.strip().endswith("is ready for `axolotl train`")
     assert not (tmp_path / "prepared").exists()  # a check writes nothing
@@ -128,7 +188,9 @@ def test_lep_check_reports_what_a_good_yaml_will_do(tmp_path, tiny_mistral, shar
 def test_typo_in_the_lep_block_says_what_was_meant():
     from lep_plugin.plugin.args import parse_lep_block
 
-    with pytest.raises(LEPError, match=r"lep\.vocab\.vocab_sise: unknown key \(a typo\?\) – did you mean lep\.vocab\.vocab_size\?"):
+    with pytest.raises(
+        LEPError, match=r"lep\.vocab\.vocab_sise: unknown key \(a typo\?\) – did you mean lep\.vocab\.vocab_size\?"
+    ):
         parse_lep_block({"lep": {"vocab": {"method": "extend", "corpus": "x", "vocab_sise": 10}}})
     with pytest.raises(LEPError, match=r"lep\.trian: unknown key \(a typo\?\) – did you mean lep\.train\?"):
         parse_lep_block({"lep": {"trian": "embeddings"}})
@@ -139,12 +201,21 @@ def test_a_plugin_error_inside_axolotl_train_is_one_line_without_our_traceback(t
     cfg = tiny_config(tmp_path, tiny_mistral, training_data(tmp_path / "data", docs=10, vocab_docs=20))
     cfg["lep"]["vocab"]["vocab_sise"] = cfg["lep"]["vocab"].pop("vocab_size")
     config = write_config(tmp_path / "typo.yml", cfg)
-    proc = subprocess.run([str(VENV_BIN / "axolotl"), "train", str(config)], cwd=tmp_path, env=train_env(),
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [str(VENV_BIN / "axolotl"), "train", str(config)],
+        cwd=tmp_path,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: invalid `lep:` block: lep.vocab.vocab_sise: unknown key (a typo?) – did you mean lep.vocab.vocab_size?"]
+    assert errors == [
+        "error: invalid `lep:` block: lep.vocab.vocab_sise: unknown key (a typo?) – did you mean lep.vocab.vocab_size?"
+    ]
     # no traceback through Axolotl or the plugin: the only one left is the launcher's report of the exit code
     assert "lep_plugin/" not in output and "LEPError" not in output
     assert "returned non-zero exit status 2" in output
@@ -152,12 +223,20 @@ def test_a_plugin_error_inside_axolotl_train_is_one_line_without_our_traceback(t
 
 def test_cli_errors_name_flags_and_list_choices(tiny_mistral, tmp_path, capsys):
     assert "Missing option '--text'" in _usage_error(capsys, "eval", str(tiny_mistral))
-    err = _usage_error(capsys, "vocab", "build", "--tokenizer", str(tiny_mistral), "--corpus", "x", "--output", str(tmp_path / "o"))
+    err = _usage_error(
+        capsys, "vocab", "build", "--tokenizer", str(tiny_mistral), "--corpus", "x", "--output", str(tmp_path / "o")
+    )
     assert "Missing option '--method'. Choose from" in err and "optimize" in err
-    err = _usage_error(capsys, "vocab", "convert", "--model", "m", "--tokenizer", "t", "--output", "o", "--weighting", "avg")
+    err = _usage_error(
+        capsys, "vocab", "convert", "--model", "m", "--tokenizer", "t", "--output", "o", "--weighting", "avg"
+    )
     assert "'avg' is not one of 'mean', 'position'" in err
     line = _one_error_line(capsys, lep, "vocab", "import", "--source", "tekken.json", "--output", str(tmp_path / "t"))
-    assert "does not ship tekken.json (it ships: " in line and "tekken_240718.json" in line and "tokenizer.model.v1" in line
+    assert (
+        "does not ship tekken.json (it ships: " in line
+        and "tekken_240718.json" in line
+        and "tokenizer.model.v1" in line
+    )
     capsys.readouterr()
     lep(["eval", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
@@ -167,13 +246,30 @@ def test_cli_errors_name_flags_and_list_choices(tiny_mistral, tmp_path, capsys):
 def test_a_corpus_error_names_the_setting_where_it_was_set(mistral_tokenizer, tmp_path, capsys):
     corpus = tmp_path / "ru.jsonl"
     corpus.write_text('{"content": "Привет, мир"}\n', encoding="utf-8")
-    line = _one_error_line(capsys, lep, "vocab", "build", "--tokenizer", str(mistral_tokenizer), "--corpus", str(corpus),
-                           "--output", str(tmp_path / "v"), "--method", "bpe", "--vocab-size", "500")
+    line = _one_error_line(
+        capsys,
+        lep,
+        "vocab",
+        "build",
+        "--tokenizer",
+        str(mistral_tokenizer),
+        "--corpus",
+        str(corpus),
+        "--output",
+        str(tmp_path / "v"),
+        "--method",
+        "bpe",
+        "--vocab-size",
+        "500",
+    )
     assert "no string field 'text' (set --text-field)" in line
     from lep_plugin.plugin.plugin import LEPPlugin
 
-    cfg = {"base_model": str(mistral_tokenizer), "dataset_prepared_path": str(tmp_path / "prep"),
-           "lep": {"vocab": {"method": "bpe", "corpus": [str(corpus)], "vocab_size": 500}}}
+    cfg = {
+        "base_model": str(mistral_tokenizer),
+        "dataset_prepared_path": str(tmp_path / "prep"),
+        "lep": {"vocab": {"method": "bpe", "corpus": [str(corpus)], "vocab_size": 500}},
+    }
     with pytest.raises(LEPError, match=r"no string field 'text' \(set lep\.vocab\.text_field\)"):
         LEPPlugin().register(cfg)
 
@@ -186,15 +282,38 @@ def test_readme_settings_reference_is_made_from_the_models():
 
     readme = README.read_text(encoding="utf-8")
     assert readme == with_reference(readme), "run `python -m lep_plugin.cli.reference README.md`"
-    for key in ("lep.vocab.max_chars", "lep.vocab.keep", "lep.vocab.text_field", "lep.vocab.min_frequency",
-                "lep.vocab.cache_dir", "lep.eval.every_n_steps", "`check_adapted`", "`block_rows`"):
+    for key in (
+        "lep.vocab.max_chars",
+        "lep.vocab.keep",
+        "lep.vocab.text_field",
+        "lep.vocab.min_frequency",
+        "lep.vocab.cache_dir",
+        "lep.eval.every_n_steps",
+        "`check_adapted`",
+        "`block_rows`",
+    ):
         assert f"| `{key.strip('`')}` |" in readme, key
     assert "lep-vocab-<hash" in readme  # where the vocabulary cache lives
 
 
 def test_lep_commands_print_no_third_party_noise(mistral_tokenizer, ru_heldout):
-    proc = subprocess.run([str(VENV_BIN / "lep"), "vocab", "report", "--tokenizer", str(mistral_tokenizer), "--text",
-                           str(ru_heldout), "--max-chars", "2000"], capture_output=True, text=True, timeout=300, env=train_env())
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "lep"),
+            "vocab",
+            "report",
+            "--tokenizer",
+            str(mistral_tokenizer),
+            "--text",
+            str(ru_heldout),
+            "--max-chars",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=train_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     for noise in ("Failed to load", "_pytree", "Enum subclass", "gemm_4bit"):
         assert noise not in proc.stderr, proc.stderr
@@ -202,12 +321,44 @@ def test_lep_commands_print_no_third_party_noise(mistral_tokenizer, ru_heldout):
 
 def test_a_vocabulary_that_adds_almost_nothing_is_flagged(mistral_tokenizer, ru_corpus_small, tmp_path, capsys):
     capsys.readouterr()
-    lep(["vocab", "build", "--tokenizer", str(mistral_tokenizer), "--corpus", str(ru_corpus_small), "--output",
-         str(tmp_path / "v"), "--method", "extend", "--vocab-size", "300", "--max-chars", "200000"])
+    lep(
+        [
+            "vocab",
+            "build",
+            "--tokenizer",
+            str(mistral_tokenizer),
+            "--corpus",
+            str(ru_corpus_small),
+            "--output",
+            str(tmp_path / "v"),
+            "--method",
+            "extend",
+            "--vocab-size",
+            "300",
+            "--max-chars",
+            "200000",
+        ]
+    )
     err = capsys.readouterr().err
     manifest = read_manifest(tmp_path / "v")
     assert manifest["new_tokens"] < 320
     assert f"warning: --vocab-size 300 added only {manifest['new_tokens']} new token(s) to the old 32,000" in err
-    lep(["vocab", "build", "--tokenizer", str(mistral_tokenizer), "--corpus", str(ru_corpus_small), "--output",
-         str(tmp_path / "w"), "--method", "extend", "--vocab-size", "3000", "--max-chars", "200000"])
+    lep(
+        [
+            "vocab",
+            "build",
+            "--tokenizer",
+            str(mistral_tokenizer),
+            "--corpus",
+            str(ru_corpus_small),
+            "--output",
+            str(tmp_path / "w"),
+            "--method",
+            "extend",
+            "--vocab-size",
+            "3000",
+            "--max-chars",
+            "200000",
+        ]
+    )
     assert "warning" not in capsys.readouterr().err

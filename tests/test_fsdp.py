@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _merge_helpers import mistral_trio  # noqa: F401 - fixture
 from _plugin_helpers import load_weights, train_env, training_data
-from fixtures import generate_from_chat
+from builders import generate_from_chat
 
 from lep_plugin.cli.merge import main as merge_main
 from lep_plugin.common.tokenizers import load_tokenizer
@@ -31,7 +30,10 @@ def _run_job(work: Path, base: Path, data: Path, train: str, port: int, control:
     cfg = {
         "base_model": str(base),
         "dataset_prepared_path": str(work / "prepared"),
-        "lep": {"vocab": {"method": "extend", "corpus": [str(data.parent / "vocab-corpus.jsonl")], "vocab_size": 2000}, "train": train},
+        "lep": {
+            "vocab": {"method": "extend", "corpus": [str(data.parent / "vocab-corpus.jsonl")], "vocab_size": 2000},
+            "train": train,
+        },
         "datasets": [{"path": str(data), "ds_type": "json", "type": "completion"}],
         "learning_rate": 0.01,
         "max_steps": 3,
@@ -42,8 +44,17 @@ def _run_job(work: Path, base: Path, data: Path, train: str, port: int, control:
     (work / "cfg.json").write_text(json.dumps(cfg), encoding="utf-8")
     out = work / "out"
     env = {**train_env(), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", f"--master_port={port}",
-           str(JOB), str(work / "cfg.json"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        f"--master_port={port}",
+        str(JOB),
+        str(work / "cfg.json"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     (work / "job.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -78,8 +89,20 @@ def test_fsdp2_new_rows_mask_and_full_save(tmp_path, tiny_mistral, mistral_trio)
     assert not torch.equal(control[EMBEDDINGS[1]][:rows], base[EMBEDDINGS[1]])  # without the mask: old rows move
 
     merged = tmp_path / "merged"
-    merge_main(["--base", str(tiny_mistral), "--instruct", str(mistral_trio.instruct), "--adapted", str(out),
-                "--output", str(merged), "--method", "conversion"])
+    merge_main(
+        [
+            "--base",
+            str(tiny_mistral),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(out),
+            "--output",
+            str(merged),
+            "--method",
+            "conversion",
+        ]
+    )
     model = AutoModelForCausalLM.from_pretrained(str(merged))
     ids, generated = generate_from_chat(model, load_tokenizer(merged), "Привет", max_new_tokens=4)
     assert generated.shape[1] > ids.shape[1]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _merge_helpers import copy_model, mistral_trio, tied_trio  # noqa: F401 - fixtures
-from fixtures import build_tiny_model
+from builders import build_tiny_model, copy_model
 
 from lep_plugin.cli.merge import main
 
@@ -23,7 +22,9 @@ def _fails(capsys, tmp_path: Path, base: Path, instruct: Path, adapted: Path, me
     out = tmp_path / "out"
     capsys.readouterr()  # only what lep-merge prints counts
     with pytest.raises(SystemExit) as err:
-        main(["--base", str(base), "--instruct", str(instruct), "--adapted", str(adapted), "--output", str(out), *extra])
+        main(
+            ["--base", str(base), "--instruct", str(instruct), "--adapted", str(adapted), "--output", str(out), *extra]
+        )
     assert err.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -36,7 +37,9 @@ def test_device_that_is_not_here(mistral_trio, tmp_path, capsys):
         device, message = f"cuda:{torch.cuda.device_count()}", "CUDA device(s)"
     else:
         device, message = "cuda", "sees no CUDA GPU"
-    _fails(capsys, tmp_path, mistral_trio.base, mistral_trio.instruct, mistral_trio.adapted, message, "--device", device)
+    _fails(
+        capsys, tmp_path, mistral_trio.base, mistral_trio.instruct, mistral_trio.adapted, message, "--device", device
+    )
 
 
 def test_different_architecture(mistral_trio, tied_trio, tmp_path, capsys):
@@ -92,7 +95,9 @@ def test_index_pointing_outside_its_dir(mistral_trio, tmp_path, capsys):
     shard = sorted(instruct.glob("model-*.safetensors"))[0]
     shutil.copy(shard, tmp_path / "models" / "outside.safetensors")
     index = json.loads((instruct / "model.safetensors.index.json").read_text())
-    index["weight_map"] = {k: ("../outside.safetensors" if v == shard.name else v) for k, v in index["weight_map"].items()}
+    index["weight_map"] = {
+        k: ("../outside.safetensors" if v == shard.name else v) for k, v in index["weight_map"].items()
+    }
     (instruct / "model.safetensors.index.json").write_text(json.dumps(index))
     _fails(capsys, tmp_path, mistral_trio.base, instruct, mistral_trio.adapted, "outside")
 
@@ -134,9 +139,35 @@ def test_plain_bin_checkpoint_is_accepted(mistral_trio, tmp_path):
         state.update(load_file(str(shard)))
     torch.save(state, base / "pytorch_model.bin")
     out = tmp_path / "out"
-    main(["--base", str(base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out), "--method", "overlap"])
+    main(
+        [
+            "--base",
+            str(base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(out),
+            "--method",
+            "overlap",
+        ]
+    )
     reference = tmp_path / "reference"
-    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(reference), "--method", "overlap"])
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(reference),
+            "--method",
+            "overlap",
+        ]
+    )
     for shard in reference.glob("*.safetensors"):
         assert (out / shard.name).read_bytes() == shard.read_bytes()
 
@@ -152,8 +183,19 @@ def test_deepspeed_dir_without_latest(mistral_trio, tmp_path, capsys):
 
 def test_output_inside_an_input_is_refused(mistral_trio, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted),
-              "--output", str(mistral_trio.instruct), "--force"])
+        main(
+            [
+                "--base",
+                str(mistral_trio.base),
+                "--instruct",
+                str(mistral_trio.instruct),
+                "--adapted",
+                str(mistral_trio.adapted),
+                "--output",
+                str(mistral_trio.instruct),
+                "--force",
+            ]
+        )
     assert err.value.code == 2 and "overlaps the instruct input" in capsys.readouterr().err
     assert (mistral_trio.instruct / "config.json").is_file()
 
@@ -163,17 +205,153 @@ def test_interrupted_run_leaves_no_output(mistral_trio, tmp_path, sig):
     out = tmp_path / "out"
     # Ctrl-C as in a terminal: a job started in the background by a non-interactive shell (as CI may run
     # the suite) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
-    child = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from lep_plugin.cli.merge import main; main()"
-    cmd = [sys.executable, "-c", child, "--base", str(mistral_trio.base),
-           "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out),
-           "--method", "all", "--block-rows", "16"]
+    child = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from lep_plugin.cli.merge import main; main()"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        child,
+        "--base",
+        str(mistral_trio.base),
+        "--instruct",
+        str(mistral_trio.instruct),
+        "--adapted",
+        str(mistral_trio.adapted),
+        "--output",
+        str(out),
+        "--method",
+        "all",
+        "--block-rows",
+        "16",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not list(tmp_path.glob(".out.tmp-*")):  # the run is now writing beside OUT
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() is not None else "timeout"
+        )
         time.sleep(0.01)
     proc.send_signal(sig)  # at once: the whole write of three models is still ahead
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert stderr.rstrip().splitlines()[-1] in ("aborted", "interrupted: nothing was written")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- the base the adapted run started from
+
+
+def _plugin_output(trio, directory: Path, base: Path | None, train: str = "embeddings") -> Path:
+    """The trio's adapted model as the plugin leaves it: a manifest with what it trained and, through the
+    plugin's own function, the fingerprint of ``base`` (None: a manifest from before fingerprints)."""
+    from lep_plugin.checkpoints.fingerprint import base_record
+
+    adapted = copy_model(trio.adapted, directory)
+    manifest = json.loads((trio.new_tokenizer / "lep_vocab.json").read_text())
+    manifest["plugin"] = {"train": train} | ({"base": base_record(str(base))} if base is not None else {})
+    (adapted / "lep_vocab.json").write_text(json.dumps(manifest))
+    return adapted
+
+
+def test_plugin_output_with_the_instruct_model_as_base_is_refused(mistral_trio, tmp_path, capsys):
+    adapted = _plugin_output(mistral_trio, tmp_path / "adapted", mistral_trio.base)
+    recorded = json.loads((adapted / "lep_vocab.json").read_text())["plugin"]["base"]
+    assert recorded["model"] == str(mistral_trio.base) and len(recorded["tensors"]) == 9  # one layer of tiny Mistral
+    assert all("embed_tokens" not in n and "lm_head" not in n for n in recorded["tensors"])
+    _fails(
+        capsys,
+        tmp_path,
+        mistral_trio.instruct,
+        mistral_trio.instruct,
+        adapted,
+        f"was trained from {mistral_trio.base}, whose transformer layers differ from base {mistral_trio.instruct}'s",
+    )
+
+
+def test_plugin_output_with_its_base_is_merged_without_a_full_comparison(mistral_trio, tmp_path, capsys, monkeypatch):
+    from lep_plugin.propagation import plan
+
+    adapted = _plugin_output(mistral_trio, tmp_path / "adapted", mistral_trio.base)
+    monkeypatch.setattr(plan, "first_changed_tensor", lambda *_: pytest.fail("the fingerprint made it unneeded"))
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(adapted),
+            "--output",
+            str(tmp_path / "out"),
+            "--dry-run",
+        ]
+    )
+    assert "lep-merge plan" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_base_fingerprint_matches_the_same_weights_in_another_dtype(mistral_trio, tmp_path):
+    """Compared in the recorded dtype: a bf16 record matches fp32 weights that round to it (a DeepSpeed fp32
+    master of a bf16 model); another model does not match."""
+    from lep_plugin.checkpoints.discover import open_checkpoint
+    from lep_plugin.checkpoints.fingerprint import first_mismatch, model_fingerprint
+
+    recorded = model_fingerprint(mistral_trio.base)
+    rounded = {n: {"dtype": "bfloat16", "sha256": _bf16_digest(mistral_trio.base, n)} for n in recorded}
+    assert first_mismatch(open_checkpoint(mistral_trio.base, "base"), rounded, "base") is None
+    assert first_mismatch(open_checkpoint(mistral_trio.instruct, "base"), recorded, "base") == sorted(recorded)[0]
+
+
+def _bf16_digest(model_dir: Path, name: str) -> str:
+    from lep_plugin.checkpoints.discover import open_checkpoint
+    from lep_plugin.checkpoints.fingerprint import tensor_digest
+
+    return tensor_digest(open_checkpoint(model_dir, "base").get(name).to(torch.bfloat16))
+
+
+def test_plugin_output_without_fingerprint_gets_the_full_comparison(mistral_trio, tmp_path, capsys):
+    adapted = _plugin_output(mistral_trio, tmp_path / "adapted", None)
+    _fails(
+        capsys,
+        tmp_path,
+        mistral_trio.instruct,
+        mistral_trio.instruct,
+        adapted,
+        "so the run did not start from this base model",
+    )
+
+
+def test_base_and_instruct_with_the_same_weights_are_named(mistral_trio, tmp_path, capsys):
+    main(
+        [
+            "--base",
+            str(mistral_trio.instruct),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(tmp_path / "out"),
+            "--no-check-adapted",
+            "--dry-run",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert (
+        f"WARNING: base {mistral_trio.instruct} and instruct {mistral_trio.instruct} hold the same weights" in printed
+    )
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(tmp_path / "out"),
+            "--dry-run",
+        ]
+    )
+    assert "same weights" not in capsys.readouterr().out

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _merge_helpers import CHAT_MARKER, mistral_trio, tied_trio  # noqa: F401 - fixtures
-from fixtures import generate_from_chat
+from builders import CHAT_MARKER, generate_from_chat
 
 from lep_plugin.checkpoints.safetensors import SafetensorsCheckpoint
 from lep_plugin.cli.merge import main
-from lep_plugin.common.tokenizers import load_tokenizer
+from lep_plugin.common.tokenizers import chars_per_token_change, load_tokenizer
 from lep_plugin.math.operator import apply_operator, trained_rows
 from lep_plugin.math.propagation import dense_reference, shared_token_ids
+from lep_plugin.publish import card
 from lep_plugin.vocab.operator import vocabulary_operator
 
 VENV_BIN = Path(sys.executable).parent
@@ -87,7 +87,20 @@ def _check_output(out: Path, trio, method: str) -> None:
 
 def test_conversion_matches_dense_reference_and_chats(mistral_trio, tmp_path, capsys):
     out = tmp_path / "out"
-    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out), "--block-rows", "1000"])
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(out),
+            "--block-rows",
+            "1000",
+        ]
+    )
     _check_output(out, mistral_trio, "conversion")
     # shards without embeddings are byte-exact copies; the index lists every tensor
     report = json.loads((out / "lep_merge.json").read_text())
@@ -102,21 +115,54 @@ def test_conversion_matches_dense_reference_and_chats(mistral_trio, tmp_path, ca
     assert not list(tmp_path.glob(".out.tmp-*"))
 
 
-def test_all_methods_with_residual_comparison(mistral_trio, tmp_path, capsys):
+def test_all_methods_with_residual_comparison(mistral_trio, ru_heldout, tmp_path, capsys, monkeypatch):
     out = tmp_path / "all"
     capsys.readouterr()
-    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out), "--method", "all"])
+    measured = []  # characters per token: one measurement per merge, for the summary and every card
+
+    def counted(*args):
+        measured.append(chars_per_token_change(*args))
+        return measured[-1]
+
+    monkeypatch.setattr(card, "chars_per_token_change", counted)
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(out),
+            "--method",
+            "all",
+            "--sample-text",
+            str(ru_heldout),
+        ]
+    )
     report = json.loads((out / "lep_merge.json").read_text())
     # the summary tells the methods apart (6 significant digits) and recommends one from the fits
     summary = capsys.readouterr().out
     conversion = report["fits"]["input"]["conversion"]["residual_on_conversion"]
     assert f"conversion fit {conversion:.6g}" in summary and len(f"{conversion:.6g}") > 6
-    scores = {m: sum(report["fits"][r][m]["residual_on_conversion"] for r in ("input", "output")) for m in report["methods"]}
+    scores = {
+        m: sum(report["fits"][r][m]["residual_on_conversion"] for r in ("input", "output")) for m in report["methods"]
+    }
     best = min(scores, key=scores.get)
     assert report["recommendation"].startswith(f"recommendation: {best} – the lowest residual on the conversion system")
     assert report["recommendation"] in summary
     for method in ("swap", "overlap", "conversion"):
         _check_output(out / method, mistral_trio, method)
+    assert len(measured) == 1
+    cpt = measured[0]
+    assert report["chars_per_token"] == cpt and f"characters per token: {cpt['old']:.2f} -> {cpt['new']:.2f}" in summary
+    for method in ("swap", "overlap", "conversion"):
+        row = (
+            f"| characters per token on `{ru_heldout.name}` | "
+            f"{cpt['old']:.3f} → {cpt['new']:.3f} ({cpt['gain']:.2f}× fewer"
+        )
+        assert row in (out / method / "README.md").read_text(encoding="utf-8")
     for role in ("input", "output"):
         fits = report["fits"][role]
         # each fitted P is the best on its own system
@@ -130,9 +176,20 @@ def test_tied_model_yaml_config_and_force(tied_trio, tmp_path):
 
     out = tmp_path / "tied"
     config = tmp_path / "merge.yml"
-    config.write_text(yaml.safe_dump({"base_model": "ignored by lep-merge", "lep_merge": {
-        "base": str(tied_trio.base), "instruct": str(tied_trio.instruct), "adapted": str(tied_trio.adapted),
-        "output": str(out), "method": "overlap"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": "ignored by lep-merge",
+                "lep_merge": {
+                    "base": str(tied_trio.base),
+                    "instruct": str(tied_trio.instruct),
+                    "adapted": str(tied_trio.adapted),
+                    "output": str(out),
+                    "method": "overlap",
+                },
+            }
+        )
+    )
     main([str(config)])
     _check_output(out, tied_trio, "overlap")
     assert set(_matrices(out)) == {"model.embed_tokens.weight"}
@@ -149,7 +206,19 @@ def test_tied_model_yaml_config_and_force(tied_trio, tmp_path):
 
 def test_dry_run_writes_nothing(mistral_trio, tmp_path, capsys):
     out = tmp_path / "dry"
-    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(mistral_trio.adapted), "--output", str(out), "--dry-run"])
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(mistral_trio.adapted),
+            "--output",
+            str(out),
+            "--dry-run",
+        ]
+    )
     text = capsys.readouterr().out
     assert "model.embed_tokens.weight" in text and "lm_head.weight" in text and "memory" in text
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -160,14 +229,32 @@ def test_axolotl_cli_entry_point(mistral_trio, tmp_path):
     """`axolotl lep-merge CONFIG.yml` finds the command through the installed entry point."""
     out = tmp_path / "via-axolotl"
     config = tmp_path / "merge.yml"
-    config.write_text(yaml.safe_dump({"base": str(mistral_trio.base), "instruct": str(mistral_trio.instruct),
-                                      "adapted": str(mistral_trio.adapted), "output": str(out), "method": "swap"}))
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"}
-    proc = subprocess.run([str(VENV_BIN / "axolotl"), "lep-merge", str(config)], env=env, capture_output=True, text=True, timeout=600)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(mistral_trio.base),
+                "instruct": str(mistral_trio.instruct),
+                "adapted": str(mistral_trio.adapted),
+                "output": str(out),
+                "method": "swap",
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "AXOLOTL_DO_NOT_TRACK": "1",
+    }
+    proc = subprocess.run(
+        [str(VENV_BIN / "axolotl"), "lep-merge", str(config)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_output(out, mistral_trio, "swap")
     # and its errors follow the one-line convention
-    proc = subprocess.run([str(VENV_BIN / "axolotl"), "lep-merge", str(config)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(VENV_BIN / "axolotl"), "lep-merge", str(config)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 2 and "error: output" in proc.stderr and "already exists" in proc.stderr
 
 
@@ -187,6 +274,19 @@ def test_axolotl_output_dir_uses_its_last_checkpoint(mistral_trio, tmp_path, cap
         if f.suffix in (".json", ".jinja"):
             shutil.copy(f, run / f.name)  # the run dir keeps the tokenizer and config
     out = tmp_path / "out"
-    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(run), "--output", str(out), "--method", "swap"])
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(run),
+            "--output",
+            str(out),
+            "--method",
+            "swap",
+        ]
+    )
     assert "checkpoint-10" in capsys.readouterr().out
     _check_output(out, mistral_trio, "swap")

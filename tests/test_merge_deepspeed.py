@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _merge_helpers import mistral_trio  # noqa: F401 - fixture (zero3_checkpoint comes from conftest)
-from fixtures import generate_from_chat
+from builders import generate_from_chat
 
 from lep_plugin.checkpoints.deepspeed import DeepSpeedCheckpoint
 from lep_plugin.checkpoints.discover import open_checkpoint
@@ -29,8 +28,17 @@ def _train(model_dir: Path, out: Path, stage: int, world: int, port: int) -> Pat
     if world == 1:
         cmd = [sys.executable, str(JOB), str(model_dir), str(out), str(stage)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", f"--master_port={port}",
-               str(JOB), str(model_dir), str(out), str(stage)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={world}",
+            f"--master_port={port}",
+            str(JOB),
+            str(model_dir),
+            str(out),
+            str(stage),
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # what a Trainer checkpoint-N dir holds beside the DeepSpeed tag dir
@@ -59,7 +67,20 @@ def test_zero_checkpoint_as_adapted_model(mistral_trio, tmp_path, stage, world):
     assert not torch.equal(reader.get(NAMES[0]), start.get(NAMES[0]))
 
     out = tmp_path / "out"
-    main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted", str(ds_dir), "--output", str(out), "--method", "swap"])
+    main(
+        [
+            "--base",
+            str(mistral_trio.base),
+            "--instruct",
+            str(mistral_trio.instruct),
+            "--adapted",
+            str(ds_dir),
+            "--output",
+            str(out),
+            "--method",
+            "swap",
+        ]
+    )
     written = SafetensorsCheckpoint(out)
     tok, instruct_tok = load_tokenizer(out), load_tokenizer(mistral_trio.instruct)
     added = {tok.convert_tokens_to_ids(t.content) for t in instruct_tok.added_tokens_decoder.values()}
@@ -79,8 +100,20 @@ def test_zero3_checkpoint_from_axolotl_train(zero3_checkpoint, mistral_trio, tmp
     outputs = {}
     for kind, adapted in (("deepspeed", run.checkpoint), ("hf", run.output)):
         outputs[kind] = tmp_path / kind
-        main(["--base", str(run.base_model), "--instruct", str(mistral_trio.instruct), "--adapted", str(adapted),
-              "--output", str(outputs[kind]), "--method", "conversion"])
+        main(
+            [
+                "--base",
+                str(run.base_model),
+                "--instruct",
+                str(mistral_trio.instruct),
+                "--adapted",
+                str(adapted),
+                "--output",
+                str(outputs[kind]),
+                "--method",
+                "conversion",
+            ]
+        )
     from_ds, from_hf = SafetensorsCheckpoint(outputs["deepspeed"]), SafetensorsCheckpoint(outputs["hf"])
     base = SafetensorsCheckpoint(run.base_model)
     for name in NAMES:

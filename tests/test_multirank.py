@@ -5,32 +5,42 @@ embeddings as one process with the same global batch, frozen tensors bit-identic
 
 Tolerance: the two-rank embeddings equal the one-process ones to 2e-5 absolute (values ~0.1; seen:
 ≤ 3e-6) – the gradients are the same sums in another order, then four AdamW steps.
+
+The ZeRO-3 runs go beside busy loops (issue 23): DeepSpeed's gather of several parameters at once was
+incomplete on gloo whenever a rank was slow, and the run then started from a half-gathered embedding
+matrix (frozen rows moved, two ranks drifted from one process). :func:`test_zero3_gathers_complete_beside_busy_loops`
+checks the gather itself, many times over, in seconds.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from _plugin_helpers import (
     TWO_RANKS,
+    VENV_BIN,
+    busy_cores,
     is_embedding,
     lep_lines,
     load_weights,
     rank_config,
     run_train,
+    train_env,
     training_data,
     write_config,
 )
-from fixtures import RU_HELDOUT, write_corpus_slice
+from builders import RU_HELDOUT, write_corpus_slice
 
 pytestmark = pytest.mark.e2e
 
 DEEPSPEED = {"ddp": None, "zero2": "ds_zero2.json", "zero3": "ds_zero3.json"}
 ATOL = 2e-5
+GATHER_JOB = Path(__file__).parent / "_zero3_gather_job.py"
 
 
 class Runs:
@@ -48,13 +58,22 @@ class Runs:
             work = self.root / f"{launcher}-{train}-{ranks}"
             data = training_data(work / "data")
             # one process with 4 samples per step ↔ two ranks with 2 each: the same global batch
-            cfg = rank_config(work, self.base, data, train, micro_batch_size=4 // ranks, deepspeed=DEEPSPEED.get(launcher))
+            cfg = rank_config(
+                work, self.base, data, train, micro_batch_size=4 // ranks, deepspeed=DEEPSPEED.get(launcher)
+            )
             if key == ("ddp", "embeddings", 2):
                 # the training-time evaluation: one rank generates (the others wait), unless ZeRO-3/FSDP
                 heldout = write_corpus_slice(RU_HELDOUT, work / "heldout.jsonl", 2)
-                cfg["lep"]["eval"] = {"texts": [str(heldout)], "every_n_steps": 4, "samples": 2, "paragraphs": False,
-                                      "max_new_tokens_sentence": 8, "bpc_chars": 500}
-            log = run_train(write_config(work / "train.yml", cfg), launcher=TWO_RANKS if ranks == 2 else None)
+                cfg["lep"]["eval"] = {
+                    "texts": [str(heldout)],
+                    "every_n_steps": 4,
+                    "samples": 2,
+                    "paragraphs": False,
+                    "max_new_tokens_sentence": 8,
+                    "bpc_chars": 500,
+                }
+            with busy_cores(count=2 if launcher == "zero3" else 0):  # ZeRO-3 beside busy loops (issue 23)
+                log = run_train(write_config(work / "train.yml", cfg), launcher=TWO_RANKS if ranks == 2 else None)
             self.done[key] = (cfg, log)
         return self.done[key]
 
@@ -79,7 +98,7 @@ def test_two_ranks_train_like_one_process(runs, tiny_mistral, launcher, train):
     assert len(built) == 1 and len(reused) == 1, "the vocabulary must be built by exactly one rank"
     assert {built[0].group(1), reused[0].group(1)} == {"0", "1"} and built[0].group(2, 3) == reused[0].group(2, 3)
     # each rank reads its own half: as many batches of 2 as one process has batches of 4
-    (one_batches, _), = _batches(one_log).values()
+    ((one_batches, _),) = _batches(one_log).values()
     assert _batches(log) == {"0": (one_batches, 2), "1": (one_batches, 2)}
     if launcher in ("zero2", "zero3"):
         assert lep_lines(log, "no CUDA: initialised a gloo process group for DeepSpeed")
@@ -125,3 +144,18 @@ def test_evaluation_runs_on_one_rank_without_sharding(runs):
     evaluated = {m.group(1) for m in lep_lines(log, r"lep\.eval at step 4")}
     assert evaluated == {"0"}
     assert (Path(cfg["output_dir"]) / "lep_eval_history.json").is_file()
+
+
+def test_zero3_gathers_complete_beside_busy_loops():
+    """The plugin's ZeRO-3 gather (``common.distributed.gathered``: the conversion reads the embedding and
+    lm_head with it, then writes them from rank 0) is whole on both gloo ranks, 50 times, beside two busy
+    loops at normal priority. DeepSpeed's own gather of both at once (job mode ``deepspeed``) got 8 of 50
+    wrong on each rank under the same load."""
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(GATHER_JOB), "lep", "50"]
+    with busy_cores(count=2, niceness=0):
+        proc = subprocess.run(cmd, env=train_env(), capture_output=True, text=True, timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert sorted(re.findall(r"rank (\d): (\d+) wrong of 50 gathers", output)) == [("0", "0"), ("1", "0")], output[
+        -4000:
+    ]

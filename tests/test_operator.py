@@ -9,7 +9,9 @@ from lep_plugin.math.operator import apply_operator, build_operator, trained_row
 def test_mean_and_position_weights():
     pieces = [[0], [1, 2], [], [3, 3, 1]]
     mean = torch.tensor([[1, 0, 0, 0, 0], [0, 0.5, 0.5, 0, 0], [0] * 5, [0, 1 / 3, 0, 2 / 3, 0]], dtype=torch.float64)
-    position = torch.tensor([[1, 0, 0, 0, 0], [0, 1 / 3, 2 / 3, 0, 0], [0] * 5, [0, 0.5, 0, 0.5, 0]], dtype=torch.float64)
+    position = torch.tensor(
+        [[1, 0, 0, 0, 0], [0, 1 / 3, 2 / 3, 0, 0], [0] * 5, [0, 0.5, 0, 0.5, 0]], dtype=torch.float64
+    )
     torch.testing.assert_close(build_operator(pieces, 5).to_dense(), mean)
     torch.testing.assert_close(build_operator(pieces, 5, "position").to_dense(), position)
 

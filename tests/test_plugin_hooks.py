@@ -24,9 +24,9 @@ def corpus(tmp_path_factory, shared_data):
     return training_data(tmp_path_factory.mktemp("hookdata"), docs=10, vocab_docs=200).parent / "vocab-corpus.jsonl"
 
 
-
-
-def _registered(tmp_path: Path, model_dir: Path, corpus: Path, train: str = "embeddings", **extra) -> tuple[LEPPlugin, dict]:
+def _registered(
+    tmp_path: Path, model_dir: Path, corpus: Path, train: str = "embeddings", **extra
+) -> tuple[LEPPlugin, dict]:
     vocab = {"method": "extend", "corpus": [str(corpus)], "vocab_size": 800, "cache_dir": str(corpus.parent / "cache")}
     cfg = {
         "base_model": str(model_dir),
@@ -130,7 +130,10 @@ def test_post_train_twice_and_already_converted_base(tmp_path, tiny_mistral, cor
     plugin.post_train(cfg, model)
     # the vocabulary's manifest, plus what the run trained (lep-merge trusts it instead of comparing tensors)
     written = json.loads((out / "lep_vocab.json").read_text(encoding="utf-8"))
-    assert written == {**json.loads((plugin.plan.new_tokenizer / "lep_vocab.json").read_text(encoding="utf-8")), "plugin": {"train": "embeddings"}}
+    assert written == {
+        **json.loads((plugin.plan.new_tokenizer / "lep_vocab.json").read_text(encoding="utf-8")),
+        "plugin": {"train": "embeddings"},
+    }
 
     # the output as a base model (`axolotl inference`, a second stage): no new vocabulary, no conversion
     again, cfg2 = _registered(tmp_path / "second", out, corpus)

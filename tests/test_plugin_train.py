@@ -19,7 +19,7 @@ from _plugin_helpers import (
     training_data,
     write_config,
 )
-from fixtures import RU_HELDOUT, write_corpus_slice
+from builders import RU_HELDOUT, write_corpus_slice
 
 from lep_plugin.common.tokenizers import fingerprint_tokenizer, load_tokenizer
 
@@ -83,14 +83,22 @@ def test_llama_byte_level_bpe_vocabulary(tmp_path, tiny_llama):
     cfg["lep"]["vocab"].update(method="bpe", vocab_size=3000)
     # the training-time evaluation callback, on a held-out slice, every 3 steps
     heldout = write_corpus_slice(RU_HELDOUT, tmp_path / "heldout.jsonl", 3)
-    cfg["lep"]["eval"] = {"texts": [str(heldout)], "every_n_steps": 3, "samples": 2, "paragraphs": False,
-                          "max_new_tokens_sentence": 16, "bpc_chars": 1000}
+    cfg["lep"]["eval"] = {
+        "texts": [str(heldout)],
+        "every_n_steps": 3,
+        "samples": 2,
+        "paragraphs": False,
+        "max_new_tokens_sentence": 16,
+        "bpc_chars": 1000,
+    }
     output = run_train(write_config(tmp_path / "llama.yml", cfg))
     out = Path(cfg["output_dir"])
     history = json.loads((out / "lep_eval_history.json").read_text(encoding="utf-8"))
     assert [h["step"] for h in history] == [3, 6]
     assert all(0 < next(iter(h["texts"].values()))["bits_per_char"] < 50 for h in history)
-    assert re.search(r"'lep_eval/heldout[^']*/sentence_copy'", output), "evaluation numbers did not reach the trainer logs"
+    assert re.search(r"'lep_eval/heldout[^']*/sentence_copy'", output), (
+        "evaluation numbers did not reach the trainer logs"
+    )
 
     assert_only_embeddings_changed(tiny_llama, out)
     new_dir = _new_tokenizer_dir(output)
@@ -101,6 +109,7 @@ def test_llama_byte_level_bpe_vocabulary(tmp_path, tiny_llama):
 
 
 def test_deepspeed_zero3_new_rows(zero3_checkpoint):
+    """Trained beside two busy loops (issue 23: a half-gathered embedding matrix moved the frozen rows)."""
     run = zero3_checkpoint
     assert (run.checkpoint / "latest").read_text().strip() == f"global_step{run.step}"
     assert any((run.checkpoint / f"global_step{run.step}").glob("*model_states.pt"))

@@ -98,7 +98,9 @@ def test_overlap_equals_dense_lstsq():
 def test_ill_conditioned_falls_back_to_minimum_norm_solution():
     g = torch.Generator().manual_seed(7)
     d = 16
-    a = torch.randn(300, d - 3, generator=g, dtype=torch.float64) @ torch.randn(d - 3, d, generator=g, dtype=torch.float64)
+    a = torch.randn(300, d - 3, generator=g, dtype=torch.float64) @ torch.randn(
+        d - 3, d, generator=g, dtype=torch.float64
+    )
     b = torch.randn(300, d, generator=g, dtype=torch.float64)
     eq = NormalEquations.zeros(d)
     eq.add(a, b)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 import sys
 from pathlib import Path
 
 import pytest
-from _merge_helpers import mistral_trio  # noqa: F401 - fixture
 from _publish_helpers import (
     check_tensors,
     check_tokenizer,
@@ -32,6 +32,7 @@ from lep_plugin.publish.gguf import (
 from lep_plugin.publish.llama_cpp import find_llama_cpp
 
 INSTRUCT_README = "---\nlicense: apache-2.0\nlanguage:\n- en\n- fr\n---\n\n# An instruct model\n"
+INSTRUCT_ID = "example-org/Tiny-Mistral-Instruct"
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,22 @@ def merged(tmp_path_factory, mistral_trio):  # noqa: F811
     (instruct / "README.md").write_text(INSTRUCT_README, encoding="utf-8")
     eval_json = fake_eval_json(root / "eval.json", ["instruct", "lep"])
     out = root / "mistral-lep"
-    args = ["--base", str(mistral_trio.base), "--instruct", str(instruct), "--adapted", str(mistral_trio.adapted),
-            "--adapted-tokenizer", str(mistral_trio.new_tokenizer), "--output", str(out), "--eval-json", str(eval_json)]
+    args = [
+        "--base",
+        str(mistral_trio.base),
+        "--instruct",
+        str(instruct),
+        "--adapted",
+        str(mistral_trio.adapted),
+        "--adapted-tokenizer",
+        str(mistral_trio.new_tokenizer),
+        "--output",
+        str(out),
+        "--eval-json",
+        str(eval_json),
+        "--base-model-id",
+        INSTRUCT_ID,
+    ]
     merge_main(args)
     return out
 
@@ -63,7 +78,12 @@ def tekken_lep(tmp_path_factory, tiny_llama, tekken_tokenizer, ru_corpus_small):
     from lep_plugin.vocab.options import VocabOptions
 
     root = tmp_path_factory.mktemp("publish-tekken")
-    tok = build_vocabulary(tekken_tokenizer, [ru_corpus_small], VocabOptions(method="extend", vocab_size=3000, max_chars=300_000), root / "tok")
+    tok = build_vocabulary(
+        tekken_tokenizer,
+        [ru_corpus_small],
+        VocabOptions(method="extend", vocab_size=3000, max_chars=300_000),
+        root / "tok",
+    )
     convert_checkpoint(tiny_llama, tok, root / "model")
     return root / "model"
 
@@ -91,20 +111,33 @@ def _card(model_dir: Path):
     return ModelCard.load(model_dir / "README.md")
 
 
+def _title(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("# "))
+
+
 def test_merge_writes_the_model_card(merged):
     card = _card(merged)
     data = card.data
-    assert data.base_model == "instruct" and data.base_model_relation == "finetune"
+    assert data.base_model == INSTRUCT_ID and data.base_model_relation == "finetune"  # --base-model-id
     assert data.license == "apache-2.0" and data.language == ["en", "fr"]  # carried over from the instruct card
     assert data.library_name == "transformers" and data.pipeline_tag == "text-generation" and "lep" in data.tags
     text = card.text
+    assert _title(text) == "# Tiny-Mistral-Instruct with an LEP vocabulary (en, fr, conversion)"
+    assert "TODO" not in card.content
     report = json.loads((merged / "lep_merge.json").read_text())
     for role, fits in report["fits"].items():
         assert f"{role} {fits['residual_on_conversion']:.4f}" in text  # the fit residuals
+    swap = ", ".join(f"{role} {fits['swap_residual_on_conversion']:.4f}" for role, fits in report["fits"].items())
+    assert "How to read the residual" in text and f"swap (no correction, P = identity): {swap}." in text
+    assert "0.0000 means base and instruct have the same embeddings" in text
     assert "`conversion`" in text and "`bpe`" in text  # propagation and vocabulary methods
     manifest = json.loads((merged / "lep_vocab.json").read_text())
     assert f"{manifest['old_vocab_size']:,} → {manifest['new_vocab_size']:,} tokens" in text
-    assert re.search(r"characters per token on the vocabulary's training corpus .*\| \d\.\d{3} → \d\.\d{3} \(\d\.\d\d× fewer tokens\)", text)
+    assert re.search(
+        r"characters per token on the vocabulary's training corpus .*\| "
+        r"\d\.\d{3} → \d\.\d{3} \(\d\.\d\d× fewer tokens\)",
+        text,
+    )
     assert "## Evaluation" in text and "| lep |" in text and "| instruct |" in text  # the lep eval table
     assert (merged / ORIGINAL_TOKENIZER / "tokenizer.json").is_file()
     assert find_original_tokenizer(merged) == merged / ORIGINAL_TOKENIZER
@@ -112,7 +145,9 @@ def test_merge_writes_the_model_card(merged):
 
 def test_card_snippet_chats_with_the_model(merged):
     code = re.search(r"```python\n(.*?)```", _card(merged).text, re.DOTALL).group(1)
-    code = re.sub(r'model_id = "[^"]*"', f"model_id = {str(merged)!r}", code).replace("max_new_tokens=256", "max_new_tokens=4")
+    code = re.sub(r'model_id = "[^"]*"', f"model_id = {str(merged)!r}", code).replace(
+        "max_new_tokens=256", "max_new_tokens=4"
+    )
     printed = []
     exec(compile(code, "card-snippet", "exec"), {"print": printed.append})  # noqa: S102 - our own card's code
     assert len(printed) == 1 and isinstance(printed[0], str)
@@ -123,8 +158,20 @@ def test_eval_json_is_checked_before_any_work(tmp_path, mistral_trio, capsys):  
     bad.write_text('{"results": [{"model": "x"}]}')
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as done:
-        merge_main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted",
-                    str(mistral_trio.adapted), "--output", str(out), "--eval-json", str(bad)])
+        merge_main(
+            [
+                "--base",
+                str(mistral_trio.base),
+                "--instruct",
+                str(mistral_trio.instruct),
+                "--adapted",
+                str(mistral_trio.adapted),
+                "--output",
+                str(out),
+                "--eval-json",
+                str(bad),
+            ]
+        )
     assert done.value.code == 2 and "not a `lep eval --json` file" in _one_error_line(capsys)
     assert not out.exists()
 
@@ -135,8 +182,10 @@ def test_user_readme_is_kept_unless_forced(tmp_path):
     assert not write_card(tmp_path, f"{MARKER}\nnew") and readme.read_text() == "# my notes\n"
     assert write_card(tmp_path, f"{MARKER}\nnew", force=True) and readme.read_text() == f"{MARKER}\nnew"
     assert write_card(tmp_path, f"{MARKER}\nagain")  # our own card is updated
-    readme.write_text("---\ntags:\n- generated_from_trainer\n---\n<!-- This model card has been generated automatically "
-                      "according to the information the Trainer had access to. -->\n")
+    readme.write_text(
+        "---\ntags:\n- generated_from_trainer\n---\n<!-- This model card has been generated automatically "
+        "according to the information the Trainer had access to. -->\n"
+    )
     assert write_card(tmp_path, f"{MARKER}\nover the trainer's")  # the HF Trainer's card is not the user's
 
 
@@ -146,17 +195,31 @@ def test_plugin_output_card_is_idempotent_and_keeps_user_readme(tmp_path, mistra
 
     out = tmp_path / "outputs" / "lep-run"
     out.mkdir(parents=True)
-    (out / "trainer_state.json").write_text(json.dumps(
-        {"global_step": 60, "epoch": 1.0, "train_batch_size": 2, "log_history": [{"loss": 9.5}, {"loss": 4.25}]}))
-    plan = VocabPlan(old_tokenizer=mistral_tokenizer, new_tokenizer=mistral_trio.new_tokenizer, fingerprint="f", built=False, already_converted=False)
+    (out / "trainer_state.json").write_text(
+        json.dumps(
+            {"global_step": 60, "epoch": 1.0, "train_batch_size": 2, "log_history": [{"loss": 9.5}, {"loss": 4.25}]}
+        )
+    )
+    plan = VocabPlan(
+        old_tokenizer=mistral_tokenizer,
+        new_tokenizer=mistral_trio.new_tokenizer,
+        fingerprint="f",
+        built=False,
+        already_converted=False,
+    )
     cfg = {"output_dir": str(out), "base_model": "mistralai/Mistral-7B-v0.1"}
-    assert finish_training_output(cfg, plan)
+    said = []
+    assert finish_training_output(cfg, plan, echo=said.append)
+    assert said == []  # a Hub id: nothing to warn about
     first = (out / "README.md").read_text()
     assert finish_training_output(cfg, plan)  # post_train runs twice
     assert (out / "README.md").read_text() == first
     card = _card(out)
     assert card.data.base_model == "mistralai/Mistral-7B-v0.1" and "lep" in card.data.tags
-    assert "60 steps" in card.text and "9.500 → 4.250" in card.text and "lep-merge --base" in card.text
+    assert card.data.language == ["ru"]  # the vocabulary's corpus: the base has no card
+    assert _title(card.text) == "# Mistral-7B-v0.1 with an LEP vocabulary (ru)"
+    assert "60 steps" in card.text and "9.500 → 4.250" in card.text
+    assert f"lep-merge --base mistralai/Mistral-7B-v0.1 --instruct INSTRUCT_MODEL --adapted {out} " in card.text
     assert (out / ORIGINAL_TOKENIZER / "tokenizer.json").is_file()
     (out / "README.md").write_text("# mine\n")
     assert not finish_training_output(cfg, plan, echo=lambda _: None)
@@ -170,11 +233,71 @@ def test_hub_id_and_carried_metadata(tmp_path):
     assert hub_id("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"  # not a local path: a Hub id
     plain = tmp_path / "my-instruct"
     plain.mkdir()
-    (plain / "config.json").write_text(json.dumps({"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.1", "license": "mit"}))
+    (plain / "config.json").write_text(
+        json.dumps({"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.1", "license": "mit"})
+    )
     assert hub_id(plain) == "mistralai/Mistral-7B-Instruct-v0.1"
     assert carried_metadata(plain) == {"license": "mit"}
     (plain / "README.md").write_text(INSTRUCT_README)
     assert carried_metadata(plain) == {"license": "apache-2.0", "language": ["en", "fr"]}
+
+
+def test_card_without_a_hub_id_says_todo_and_takes_the_corpus_language(tmp_path, mistral_trio, capsys):  # noqa: F811
+    from lep_plugin.plugin.vocabulary import VocabPlan
+    from lep_plugin.publish.card import card_languages
+    from lep_plugin.publish.outputs import finish_training_output
+
+    manifest = json.loads((mistral_trio.new_tokenizer / "lep_vocab.json").read_text())
+    assert card_languages(None, {}, manifest) == ["ru"]
+    assert card_languages(None, {"language": "en"}, manifest) == ["en"]  # the original card's, when it has one
+    assert card_languages(["kk"], {"language": ["en"]}, manifest) == ["kk"]  # --language wins
+    out = tmp_path / "run"
+    out.mkdir()
+    plan = VocabPlan(
+        old_tokenizer=mistral_trio.base,
+        new_tokenizer=mistral_trio.new_tokenizer,
+        fingerprint="f",
+        built=False,
+        already_converted=False,
+    )
+    said = []
+    assert finish_training_output(
+        {"output_dir": str(out), "base_model": str(mistral_trio.base)}, plan, echo=said.append
+    )
+    assert len(said) == 1 and said[0].startswith(
+        f"WARNING: the Hub id of the base model {mistral_trio.base} is unknown"
+    )
+    card = _card(out)
+    assert card.data.base_model is None and "# TODO: base_model:" in (out / "README.md").read_text().split("---")[1]
+    assert f"> **TODO** before uploading: add `base_model: <Hub id of `{mistral_trio.base}`>`" in card.text
+    main_args = [
+        "--base",
+        str(mistral_trio.base),
+        "--instruct",
+        str(mistral_trio.instruct),
+        "--adapted",
+        str(mistral_trio.adapted),
+        "--output",
+        str(tmp_path / "merged"),
+        "--dry-run",
+    ]
+    merge_main(main_args)
+    assert f"WARNING: the Hub id of the instruct model {mistral_trio.instruct} is unknown" in capsys.readouterr().out
+    merge_main(main_args + ["--base-model-id", INSTRUCT_ID])
+    assert "Hub id" not in capsys.readouterr().out
+
+
+def test_outputs_are_readable_by_others(merged, tekken_lep):
+    """Every file and dir that lep-merge (weights, card, lep_merge.json, tokenizer), `lep vocab build` and
+    `lep vocab convert` write has the mode a plain open()/mkdir() gives (0644/0755 under umask 022), not
+    tempfile's 0600/0700."""
+    from lep_plugin.common.fs import current_umask
+
+    umask = current_umask()
+    for root in (merged, tekken_lep, tekken_lep.parent / "tok"):
+        for path in [root, *root.rglob("*")]:
+            expected = (0o777 if path.is_dir() else 0o666) & ~umask
+            assert stat.S_IMODE(path.stat().st_mode) == expected, (path, oct(path.stat().st_mode))
 
 
 # ------------------------------------------------------------------------------------------------- GGUF
@@ -189,7 +312,11 @@ def test_sentencepiece_model_segments_like_the_hf_tokenizer(mistral_tokenizer, m
 
     from lep_plugin.publish.sentencepiece import sentencepiece_model
 
-    texts = [json.loads(line)["text"] for lang in ("ru", "en") for line in (shared_data / lang / "heldout.jsonl").read_text().splitlines()[:60]]
+    texts = [
+        json.loads(line)["text"]
+        for lang in ("ru", "en")
+        for line in (shared_data / lang / "heldout.jsonl").read_text().splitlines()[:60]
+    ]
     for tok_dir in (mistral_tokenizer, mistral_trio.new_tokenizer):
         spec = json.loads((tok_dir / "tokenizer.json").read_text())
         tok = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -222,7 +349,9 @@ def test_export_sentencepiece_lep_model(merged, tmp_path, llama_cpp, capsys):
 
 
 @pytest.mark.e2e
-def test_export_byte_level_lep_model_keeps_the_original_pre_tokenizer(tekken_lep, tekken_tokenizer, tmp_path, llama_cpp, capsys):
+def test_export_byte_level_lep_model_keeps_the_original_pre_tokenizer(
+    tekken_lep, tekken_tokenizer, tmp_path, llama_cpp, capsys
+):
     out = tmp_path / "tekken-lep.gguf"
     assert _lep(["export", "gguf", str(tekken_lep), "--output", str(out), "--outtype", "f32"]) == 0
     assert "pre-tokenizer name taken from the original tokenizer" in capsys.readouterr().out

@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-from _family_helpers import ALL_LAYOUTS
-from fixtures import EN_HELDOUT, RU_HELDOUT, read_texts
+from builders import ALL_LAYOUTS, EN_HELDOUT, RU_HELDOUT, read_texts
 
 from lep_plugin.common.tokenizers import (
     load_tokenizer,
@@ -57,7 +56,9 @@ def built(tmp_path_factory, ru_corpus_small, family_layouts):
     out = {}
     for layout in LAYOUTS:
         for method, options in METHODS.items():
-            out[layout, method] = build_vocabulary(olds[layout], [ru_corpus_small], options, root / f"{layout}-{method}")
+            out[layout, method] = build_vocabulary(
+                olds[layout], [ru_corpus_small], options, root / f"{layout}-{method}"
+            )
     return Built(olds, out)
 
 
@@ -74,7 +75,9 @@ def test_lossless_on_every_heldout_document(built, heldout_texts, layout, method
     encodings = backend.encode_batch(heldout_texts, add_special_tokens=False)
     decoded = backend.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
     broken = [i for i, (a, b) in enumerate(zip(heldout_texts, decoded)) if a != b]
-    assert not broken, f"{len(broken)} of {len(heldout_texts)} documents do not round-trip, first: {heldout_texts[broken[0]][:80]!r}"
+    assert not broken, (
+        f"{len(broken)} of {len(heldout_texts)} documents do not round-trip, first: {heldout_texts[broken[0]][:80]!r}"
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -153,7 +156,7 @@ def test_optimize_keeps_frequent_tokens_and_bytes(built, layout):
     sentencepiece = tokenizer_style(tokenizer_json(old)) == "sentencepiece"
     bytes_ = [f"<0x{i:02X}>" for i in range(256)] if sentencepiece else pre_tokenizers.ByteLevel.alphabet()
     assert len(bytes_) == 256 and all(b in new_vocab for b in bytes_)
-    rare = "\u2603\U0001F600 ⅏ 𝔘"  # snowman, emoji, rare symbols: only bytes can spell them
+    rare = "\u2603\U0001f600 ⅏ 𝔘"  # snowman, emoji, rare symbols: only bytes can spell them
     assert new.decode(new(rare, add_special_tokens=False)["input_ids"]) == rare
 
 
@@ -164,7 +167,9 @@ def test_pieces_spell_each_new_token(built, layout):
     pieces = token_pieces(new, old)
     for new_id in range(len(new)):
         token = new.convert_ids_to_tokens(new_id)
-        assert old.convert_tokens_to_string(old.convert_ids_to_tokens(pieces[new_id])) == new.convert_tokens_to_string([token])
+        assert old.convert_tokens_to_string(old.convert_ids_to_tokens(pieces[new_id])) == new.convert_tokens_to_string(
+            [token]
+        )
 
 
 def test_operator_equals_per_token_loop(built):
@@ -211,7 +216,20 @@ def test_convert_checkpoint_streams_and_initialises(built, tiny_mistral, tmp_pat
 
     new_dir = built.dirs["mistral", "extend"]
     target = tmp_path / "converted"
-    main(["vocab", "convert", "--model", str(tiny_mistral), "--tokenizer", str(new_dir), "--output", str(target), "--pad-to-multiple-of", "64"])
+    main(
+        [
+            "vocab",
+            "convert",
+            "--model",
+            str(tiny_mistral),
+            "--tokenizer",
+            str(new_dir),
+            "--output",
+            str(target),
+            "--pad-to-multiple-of",
+            "64",
+        ]
+    )
     old_model = AutoModelForCausalLM.from_pretrained(tiny_mistral)
     model = AutoModelForCausalLM.from_pretrained(target)
     tok = AutoTokenizer.from_pretrained(target)
@@ -220,8 +238,13 @@ def test_convert_checkpoint_streams_and_initialises(built, tiny_mistral, tmp_pat
     assert model.config.vocab_size == rows == model.get_input_embeddings().weight.shape[0]
     assert len(tok) == len(new_tok) and tok.chat_template == old_tok.chat_template
     operator = vocabulary_operator(new_tok, old_tok, num_rows=rows)
-    torch.testing.assert_close(model.get_input_embeddings().weight, apply_operator(operator, old_model.get_input_embeddings().weight.detach()))
-    torch.testing.assert_close(model.get_output_embeddings().weight, apply_operator(operator, old_model.get_output_embeddings().weight.detach()))
+    torch.testing.assert_close(
+        model.get_input_embeddings().weight, apply_operator(operator, old_model.get_input_embeddings().weight.detach())
+    )
+    torch.testing.assert_close(
+        model.get_output_embeddings().weight,
+        apply_operator(operator, old_model.get_output_embeddings().weight.detach()),
+    )
     old_state, new_state = old_model.state_dict(), model.state_dict()
     for name, tensor in old_state.items():
         if "embed_tokens" not in name and "lm_head" not in name:
@@ -247,7 +270,9 @@ def test_corpus_fingerprint_hashes_what_is_read_once_per_corpus(tmp_path, monkey
     lines = [json.dumps({"text": "слово " * 50}) for _ in range(20)]
     path.write_text("\n".join(lines) + "\n{not json\n", encoding="utf-8")
     limited = corpus.corpus_fingerprint([path], max_chars=600)
-    assert limited == corpus.corpus_fingerprint([path], max_chars=600) != corpus.corpus_fingerprint([path], max_chars=900)
+    assert (
+        limited == corpus.corpus_fingerprint([path], max_chars=600) != corpus.corpus_fingerprint([path], max_chars=900)
+    )
     whole = corpus.corpus_fingerprint([path])  # every byte (no parsing): the broken line counts
     assert whole != limited
 

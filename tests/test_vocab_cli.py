@@ -2,7 +2,7 @@
 
 import json
 
-from fixtures import write_corpus_slice
+from builders import write_corpus_slice
 
 from lep_plugin.cli.lep import main
 
@@ -14,8 +14,22 @@ def test_import_by_name_and_report(tmp_path, capsys, ru_heldout, shared_data):
     en = tmp_path / "en.txt"
     en.write_text("The quick brown fox jumps over the lazy dog.\n\nAnd then it sleeps.\n", encoding="utf-8")
     capsys.readouterr()
-    main(["vocab", "report", "--tokenizer", str(tmp_path / "mistral"), "--text", str(ru), "--text", str(en),
-          "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    main(
+        [
+            "vocab",
+            "report",
+            "--tokenizer",
+            str(tmp_path / "mistral"),
+            "--text",
+            str(ru),
+            "--text",
+            str(en),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "r.png"),
+        ]
+    )
     table = capsys.readouterr().out
     assert table.startswith("| tokenizer | text |") and table.strip().count("\n") == 3
     rows = json.loads((tmp_path / "r.json").read_text())

@@ -85,7 +85,10 @@ class DeepSpeedCheckpoint(Checkpoint):
         world = optim[0][C.PARTITION_COUNT]
         self.world = max(world) if isinstance(world, list) else int(world)
         if self.world != len(optim_files):
-            raise LEPError(f"{self.tag_dir}: ZeRO world size {self.world} but {len(optim_files)} optimizer files (incomplete checkpoint)")
+            raise LEPError(
+                f"{self.tag_dir}: ZeRO world size {self.world} but {len(optim_files)} optimizer files "
+                "(incomplete checkpoint)"
+            )
         key = C.FP32_FLAT_GROUPS if self.stage == 3 else C.SINGLE_PARTITION_OF_FP32_GROUPS
         self.flat = [o[key] for o in optim]  # [rank][group] flat fp32 tensors (memory-mapped)
         models = [safe_load(f) for f in model_files]

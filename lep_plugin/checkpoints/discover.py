@@ -54,7 +54,9 @@ def open_checkpoint(path: Path, what: str, prefer_deepspeed: bool = True) -> Che
         if (path / "latest").is_file():
             return DeepSpeedCheckpoint(path)
         if hf is None:
-            raise LEPError(f"{what} {path} is a DeepSpeed checkpoint dir without a `latest` file (name the tag to read)")
+            raise LEPError(
+                f"{what} {path} is a DeepSpeed checkpoint dir without a `latest` file (name the tag to read)"
+            )
     if hf is None:
         raise LEPError(f"{what} {path} holds no safetensors or pytorch_model*.bin weights")
     return hf(path)

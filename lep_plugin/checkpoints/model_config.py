@@ -79,7 +79,9 @@ def embedding_names(config) -> EmbeddingNames:
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
     except Exception as err:
-        raise LEPError(f"cannot build a causal LM of type {getattr(config, 'model_type', '?')}: {str(err).splitlines()[0]}") from None
+        raise LEPError(
+            f"cannot build a causal LM of type {getattr(config, 'model_type', '?')}: {str(err).splitlines()[0]}"
+        ) from None
     names: dict[int, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), name)
@@ -143,9 +145,15 @@ def update_config(config: Any, old_tok, new_tok, vocab_size: int | None) -> None
     """Set ``vocab_size`` (if given) and remap the special ids of a config, as a dict or a config object."""
     for holder in _holders(config):
         is_dict = isinstance(holder, dict)
-        present = {k: (holder.get(k) if is_dict else getattr(holder, k)) for k in SPECIAL_ID_KEYS if (k in holder if is_dict else hasattr(holder, k))}
+        present = {
+            k: (holder.get(k) if is_dict else getattr(holder, k))
+            for k in SPECIAL_ID_KEYS
+            if (k in holder if is_dict else hasattr(holder, k))
+        }
         updates = remap_special_ids(present, old_tok, new_tok)
-        if vocab_size is not None and (holder is config or ("vocab_size" in holder if is_dict else hasattr(holder, "vocab_size"))):
+        if vocab_size is not None and (
+            holder is config or ("vocab_size" in holder if is_dict else hasattr(holder, "vocab_size"))
+        ):
             updates["vocab_size"] = vocab_size
         for key, value in updates.items():
             if is_dict:

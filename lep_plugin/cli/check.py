@@ -6,12 +6,15 @@ from pathlib import Path
 
 import click
 
+from lep_plugin.plugin.check import check_config
 
-@click.command(help="Check an Axolotl YAML for LEP before training: plugin loaded, `lep:` block valid, corpus "
-               "readable, where the vocabulary will be, what will be trained.")
+
+@click.command(
+    help="Check an Axolotl YAML for LEP before training: plugin loaded, `lep:` block valid, corpus "
+    "readable, where the vocabulary will be, what will be trained."
+)
 @click.argument("config", type=click.Path(path_type=Path))
 def check(config: Path) -> None:
-    from lep_plugin.plugin.check import check_config
 
     for line in check_config(config):
         click.echo(line)

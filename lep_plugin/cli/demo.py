@@ -6,13 +6,24 @@ from pathlib import Path
 
 import click
 
+from lep_plugin.demo.pipeline import run_demo
+
 
 @click.command(help="Run LEP end to end on the CPU (tiny models trained here) and print what it bought.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--corpus", multiple=True, help="target-language text (.jsonl/.txt); default: ../shared/data or the shipped demo texts")
-@click.option("--vocab-size", type=int, default=8000, show_default=True, help="size of the Russian BPE that extends the vocabulary")
+@click.option(
+    "--corpus",
+    multiple=True,
+    help="target-language text (.jsonl/.txt); default: ../shared/data or the shipped demo texts",
+)
+@click.option(
+    "--vocab-size",
+    type=int,
+    default=8000,
+    show_default=True,
+    help="size of the Russian BPE that extends the vocabulary",
+)
 def demo(output: Path, corpus: tuple[str, ...], vocab_size: int) -> None:
-    from lep_plugin.demo.pipeline import run_demo
 
     report = run_demo(output, corpus, vocab_size, echo=lambda m: click.echo(m, err=False))
     click.echo("\n" + report)

@@ -13,34 +13,42 @@ from pydantic import Field
 from lep_plugin.cli.options import options_from_model
 from lep_plugin.common.devices import DEVICE_PATTERN
 from lep_plugin.common.fs import check_no_overlap, check_output_file, write_text_atomic
-from lep_plugin.evaluation.evaluate import EvalSettings
+from lep_plugin.evaluation.evaluate import (
+    EvalSettings,
+    check_model_dir,
+    evaluate_model,
+    load_model,
+    load_tasks,
+)
+from lep_plugin.evaluation.report import comparison_plot, markdown_table, model_names
 
 
 class EvalOptions(EvalSettings):
     """Options of ``lep eval``: the evaluation settings plus where the text and the models are."""
 
-    text: list[Path] = Field(..., description="Held-out text file(s), .jsonl (a text field) or .txt; repeat for several languages.")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype of the loaded models.")
+    text: list[Path] = Field(
+        ..., description="Held-out text file(s), .jsonl (a text field) or .txt; repeat for several languages."
+    )
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype of the loaded models."
+    )
 
 
 @click.command("eval", help=__doc__)
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @options_from_model(EvalOptions)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the result records as JSON.")
-@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a comparison bar plot (PNG).")
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the result records as JSON."
+)
+@click.option(
+    "--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Write a comparison bar plot (PNG)."
+)
 def eval_command(models: tuple[Path, ...], options: EvalOptions, json_out: Path | None, plot_out: Path | None) -> None:
-    from lep_plugin.evaluation.evaluate import (
-        check_model_dir,
-        evaluate_model,
-        load_model,
-        load_tasks,
-    )
-    from lep_plugin.evaluation.report import (
-        comparison_plot,
-        markdown_table,
-        model_names,
-    )
 
     models = tuple(Path(m) for m in models)
     # Check every input before the first (slow) model load, so a typo fails at once.
@@ -53,11 +61,17 @@ def eval_command(models: tuple[Path, ...], options: EvalOptions, json_out: Path 
             check_no_overlap(out, inputs)
     tasks = load_tasks(options.text, options)
     settings = EvalSettings.of(options)
+    if settings.paragraphs:
+        click.echo(
+            "note: paragraph copy is most of the time; --no-paragraphs skips it "
+            "(sentence copy and bits/char still run)",
+            err=True,
+        )
     records = []
     for path, name in zip(models, model_names(list(models))):
         model, tokenizer = load_model(path, options.device, options.dtype)
         click.echo(f"evaluating {name} ...", err=True)
-        records.append(evaluate_model(model, tokenizer, tasks, settings, name=name))
+        records.append(evaluate_model(model, tokenizer, tasks, settings, name=name, progress=True))
         del model
     click.echo(markdown_table(records))
     if json_out is not None:

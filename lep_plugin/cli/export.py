@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from lep_plugin.cli.options import options_from_model
-from lep_plugin.publish.gguf import GGUFOptions
+from lep_plugin.publish.gguf import GGUFOptions, export_gguf
 
 
 @click.group(help="Publish a model in other formats.")
@@ -22,7 +22,6 @@ def export() -> None:
 def gguf(model_dir: Path, options: GGUFOptions, verbose: bool) -> None:
     """Convert MODEL_DIR (an HF model dir, e.g. a lep-merge output) to one GGUF file with llama.cpp's own
     converter; an LEP model keeps its original pre-tokenizer identity, so the GGUF tokenizes like the HF model."""
-    from lep_plugin.publish.gguf import export_gguf
 
     def log(line: str) -> None:
         click.echo(line, err=True)

@@ -9,6 +9,7 @@ import importlib.util
 import click
 
 from lep_plugin.cli.options import run_cli
+from lep_plugin.cli.quiet import verbose_option
 
 # name -> "module:attribute" of a click command or group
 SUBCOMMANDS = {
@@ -40,6 +41,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, help="LEP helpers: build/convert/report vocabularies, evaluate, make data, run the demo.")
 @click.version_option(package_name="lep-plugin")
+@verbose_option
 def cli() -> None:
     pass
 

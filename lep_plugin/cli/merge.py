@@ -19,9 +19,11 @@ import pydantic
 from pydantic import Field, create_model
 
 from lep_plugin.cli.options import options_from_model, run_cli
+from lep_plugin.cli.quiet import verbose_option
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.propagation.options import MergeOptions
+from lep_plugin.propagation.run import run_merge
 
 YAML_SECTION = "lep_merge"
 
@@ -36,7 +38,13 @@ _MergeFlags = create_model(
             Field(
                 default=None,
                 description=(info.description or "")
-                + ("  [required]" if info.is_required() else f"  [default: {info.default}]" if info.default not in (None, False) else ""),
+                + (
+                    "  [required]"
+                    if info.is_required()
+                    else f"  [default: {info.default}]"
+                    if info.default not in (None, False)
+                    else ""
+                ),
             ),
         )
         for name, info in MergeOptions.model_fields.items()
@@ -68,7 +76,6 @@ def merge_options(config: Path | None, flags: pydantic.BaseModel) -> MergeOption
 
 
 def _run(config: Path | None, options: pydantic.BaseModel) -> None:
-    from lep_plugin.propagation.run import run_merge
 
     run_merge(merge_options(config, options), echo=click.echo)
 
@@ -76,11 +83,14 @@ def _run(config: Path | None, options: pydantic.BaseModel) -> None:
 @click.command(name="lep-merge", help=__doc__.split("\n\n")[0])
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @options_from_model(_MergeFlags)
+@verbose_option
 def merge_command(config: Path | None, options) -> None:
     _run(config, options)
 
 
-@click.command(name="lep-merge", help="LEP propagation step: settings from CONFIG (a `lep_merge:` section or top-level keys).")
+@click.command(
+    name="lep-merge", help="LEP propagation step: settings from CONFIG (a `lep_merge:` section or top-level keys)."
+)
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @options_from_model(_MergeFlags)
 def axolotl_command(config: Path | None, options) -> None:

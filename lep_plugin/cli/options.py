@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 import pydantic
 
+from lep_plugin.cli.quiet import quiet_third_party
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 
 
@@ -80,25 +81,13 @@ def options_from_model(model: type[pydantic.BaseModel], exclude: tuple[str, ...]
                 type=None if ctype is bool else ctype,
                 multiple=multiple,
                 required=field.is_required(),
-                help=(field.description or "") + (f"  [default: {default_text}]" if default_text not in (None, []) else ""),
+                help=(field.description or "")
+                + (f"  [default: {default_text}]" if default_text not in (None, []) else ""),
                 **no_default,
             )(wrapper)
         return wrapper
 
     return decorate
-
-
-# Known third-party start-up noise that is not a warning to our users: torchao's optional CUDA kernels
-# failing to load on a CPU machine, torch's notice about torchao registering enums with pytree, and
-# bitsandbytes' optional 4-bit CPU kernel from the Hub (LEP never uses 4-bit layers).
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops")
-
-
-def quiet_third_party() -> None:
-    import logging
-
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run_cli(group: click.Command, argv: list[str] | None = None) -> None:

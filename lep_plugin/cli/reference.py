@@ -15,6 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from lep_plugin.cli.options import quiet_third_party
+from lep_plugin.plugin.args import LEPConfig, VocabSection
+from lep_plugin.plugin.eval_callback import EvalCallbackOptions
+from lep_plugin.propagation.options import MergeOptions
+
 START = "<!-- settings-reference:start (made by `python -m lep_plugin.cli.reference README.md`) -->"
 END = "<!-- settings-reference:end -->"
 
@@ -62,14 +67,13 @@ def _rows(model: type[BaseModel], prefix: str, expand: dict[str, type[BaseModel]
             rows.append(f"| `{key}` | block | – | {field.description or ''} (keys below) |")
             rows += _rows(sub, key)
         else:
-            rows.append(f"| `{key}` | {type_text(field.annotation)} | {_default_text(field)} | {field.description or ''} |")
+            rows.append(
+                f"| `{key}` | {type_text(field.annotation)} | {_default_text(field)} | {field.description or ''} |"
+            )
     return rows
 
 
 def settings_reference() -> str:
-    from lep_plugin.plugin.args import LEPConfig, VocabSection
-    from lep_plugin.plugin.eval_callback import EvalCallbackOptions
-    from lep_plugin.propagation.options import MergeOptions
 
     header = ["| key | type | default | what it does |", "| --- | --- | --- | --- |"]
     lines = [
@@ -99,7 +103,6 @@ def with_reference(readme: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from lep_plugin.cli.options import quiet_third_party
 
     quiet_third_party()
     if not argv:

@@ -7,7 +7,22 @@ from pathlib import Path
 import click
 
 from lep_plugin.cli.options import options_from_model
+from lep_plugin.common.fs import atomic_output_dir
+from lep_plugin.common.tokenizers import read_manifest
+from lep_plugin.vocab.build import build_vocabulary
+from lep_plugin.vocab.convert import convert_checkpoint
+from lep_plugin.vocab.mistral import (
+    import_mistral_common_tokenizer,
+    mistral_common_file,
+)
 from lep_plugin.vocab.options import ConvertOptions, VocabOptions
+from lep_plugin.vocab.report import (
+    few_new_tokens_warning,
+    markdown_table,
+    plot,
+    report,
+    write_json,
+)
 
 
 @click.group(help="Build, import, convert and report vocabularies.")
@@ -23,9 +38,6 @@ def vocab() -> None:
 @options_from_model(VocabOptions)
 def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options: VocabOptions) -> None:
     """Train a new vocabulary on CORPUS in the style of the old tokenizer."""
-    from lep_plugin.common.tokenizers import read_manifest
-    from lep_plugin.vocab.build import build_vocabulary
-    from lep_plugin.vocab.report import few_new_tokens_warning
 
     build_vocabulary(old, list(corpus), options, output, force)
     manifest = read_manifest(output)
@@ -39,16 +51,19 @@ def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options
 
 
 @vocab.command("import")
-@click.option("--source", required=True, type=click.Path(path_type=Path), help="mistral-common tokenizer file (.model or tekken .json), or a name shipped in mistral-common such as tokenizer.model.v1")
+@click.option(
+    "--source",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=(
+        "mistral-common tokenizer file (.model or tekken .json), or a name shipped in mistral-common such as "
+        "tokenizer.model.v1"
+    ),
+)
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="HF tokenizer dir to write")
 @click.option("--force", is_flag=True, help="replace an existing output dir")
 def import_(source: Path, output: Path, force: bool) -> None:
     """Convert a SentencePiece/Tekken tokenizer file into an HF fast tokenizer dir."""
-    from lep_plugin.common.fs import atomic_output_dir
-    from lep_plugin.vocab.mistral import (
-        import_mistral_common_tokenizer,
-        mistral_common_file,
-    )
 
     if not source.exists() and source.parent == Path("."):
         source = mistral_common_file(source.name)
@@ -58,21 +73,32 @@ def import_(source: Path, output: Path, force: bool) -> None:
 
 
 @vocab.command("convert")
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="model dir (old vocabulary): HF weights, or a DeepSpeed checkpoint dir")
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="model dir (old vocabulary): HF weights, or a DeepSpeed checkpoint dir",
+)
 @click.option("--tokenizer", "new", required=True, type=click.Path(path_type=Path), help="new tokenizer dir")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="model dir to write")
 @click.option("--force", is_flag=True, help="replace an existing output dir")
 @options_from_model(ConvertOptions)
 def convert(model: Path, new: Path, output: Path, force: bool, options: ConvertOptions) -> None:
     """Write MODEL with the new vocabulary: T-initialised embedding and lm_head, streamed shard by shard."""
-    from lep_plugin.vocab.convert import convert_checkpoint
 
     summary = convert_checkpoint(model, new, output, options, force)
     click.echo(summary)
 
 
 @vocab.command("report")
-@click.option("--tokenizer", "tokenizers", required=True, multiple=True, type=click.Path(path_type=Path), help="tokenizer dir; repeatable")
+@click.option(
+    "--tokenizer",
+    "tokenizers",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="tokenizer dir; repeatable",
+)
 @click.option("--text", "texts", required=True, multiple=True, help="text file (.jsonl/.txt); repeatable")
 @click.option("--text-field", default="text", show_default=True, help="field of .jsonl records holding the text")
 @click.option("--max-chars", type=int, default=None, help="read at most this many characters per file")
@@ -80,7 +106,6 @@ def convert(model: Path, new: Path, output: Path, force: bool, options: ConvertO
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), help="also draw a bar chart (PNG)")
 def report_command(tokenizers, texts, text_field, max_chars, json_out, plot_out) -> None:
     """Characters per token, tokens per word and words split into ≥ 3 pieces, per tokenizer and text."""
-    from lep_plugin.vocab.report import markdown_table, plot, report, write_json
 
     rows = report(list(tokenizers), list(texts), text_field, max_chars)
     click.echo(markdown_table(rows))

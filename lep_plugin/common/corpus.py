@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from lep_plugin.common.fs import read_json, write_text_atomic
@@ -65,7 +66,9 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
                     except json.JSONDecodeError:
                         raise LEPError(f"{path}:{number}: not valid JSON") from None
                     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                        raise LEPError(f"{path}:{number}: no string field {text_field!r} (set {setting_name('text_field')})")
+                        raise LEPError(
+                            f"{path}:{number}: no string field {text_field!r} (set {setting_name('text_field')})"
+                        )
                     yield record[text_field]
             else:
                 paragraph: list[str] = []
@@ -120,6 +123,27 @@ def corpus_fingerprint(
         record = {"fingerprint": fingerprint, "files": stats, "text_field": text_field, "max_chars": max_chars}
         write_text_atomic(memo, json.dumps(record, indent=2))
     return fingerprint
+
+
+@dataclass(frozen=True)
+class CheckedCorpus:
+    """Corpus files expanded from their patterns, each checked to hold text, and their fingerprint: done
+    once, by whoever reads the corpus first (the plugin), and handed to the vocabulary build."""
+
+    files: tuple[Path, ...]
+    fingerprint: str
+
+
+def checked_corpus(
+    patterns: Iterable[str | os.PathLike],
+    text_field: str = "text",
+    max_chars: int | None = None,
+    memo_dir: Path | None = None,
+) -> CheckedCorpus:
+    """Expand ``patterns``, check every file has text, fingerprint what a build reads (see corpus_fingerprint)."""
+    files = expand_corpus(patterns)
+    check_corpus(files, text_field)
+    return CheckedCorpus(tuple(files), corpus_fingerprint(files, text_field, max_chars, memo_dir))
 
 
 def _hash_corpus(files: list[Path], text_field: str, max_chars: int | None) -> str:

@@ -83,11 +83,19 @@ def full_rows(param: torch.Tensor) -> int:
 def gathered(params: list[torch.Tensor], modifier_rank: int | None) -> Iterator[bool]:
     """Full parameters inside the block. Under ZeRO-3 they are gathered, and re-partitioned on exit from
     ``modifier_rank``'s copy; yields whether this process should write them (every process when the
-    parameters are not partitioned, since each then holds its own full copy)."""
+    parameters are not partitioned, since each then holds its own full copy).
+
+    One ``GatheredParameters`` per parameter: given several, DeepSpeed (0.18) starts one all-gather per
+    parameter and waits only on the last (on one NCCL stream that orders them); gloo runs a group's
+    collectives on several threads, so an earlier gather may still be writing when the block reads the
+    parameter or rank 0 writes it – a ZeRO-3 run on CPU then started from a half-gathered embedding
+    matrix whenever a rank was slow. Alone, a parameter takes DeepSpeed's blocking path."""
     if any(is_zero3_param(p) for p in params):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        with contextlib.ExitStack() as stack:
+            for param in dict.fromkeys(params):  # once each (a tied matrix may be listed twice), in order
+                stack.enter_context(deepspeed.zero.GatheredParameters([param], modifier_rank=modifier_rank))
             yield modifier_rank is None or rank() == modifier_rank
     else:
         yield True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -45,6 +46,42 @@ def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
 def write_json(path: Path, content: Any) -> None:
     """``content`` as indented UTF-8 JSON (non-ASCII kept readable), for files inside an atomic dir."""
     Path(path).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_if_created(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open()`` / ``mkdir()`` would have (0644 / 0755 under umask 022):
+    ``tempfile`` makes files 0600 and dirs 0700, which others could not read once renamed into place."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
+def temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
+    """A new temporary dir in ``dir`` with the mode of a plain ``mkdir`` (it is renamed into place later).
+
+    Made by ``os.mkdir`` under a random name, not ``mkdtemp`` + chmod: the dir has its final mode from the
+    start, and nothing runs between its creation and the caller's cleanup handler (an interrupt there
+    would leave it behind)."""
+    for _ in range(100):
+        path = Path(dir) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise LEPError(f"could not create a temporary dir in {dir}")
 
 
 def check_no_overlap(
@@ -104,9 +141,9 @@ def atomic_output_dir(output: str | os.PathLike, force: bool = False) -> Iterato
     output = Path(output)
     check_output_dir(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        with _sigterm_as_exception():
+    with _sigterm_as_exception():  # before the dir exists: a `kill` at any later point cleans it up
+        tmp = temp_dir(f".{output.name}.tmp-", output.parent)
+        try:
             yield tmp
             if output.exists():
                 trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
@@ -115,9 +152,9 @@ def atomic_output_dir(output: str | os.PathLike, force: bool = False) -> Iterato
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 @contextlib.contextmanager
@@ -135,6 +172,7 @@ def atomic_file(output: str | os.PathLike, force: bool = True) -> Iterator[Path]
             yield tmp
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            as_if_created(tmp)  # after the writer: some replace the file instead of writing into it
             os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -97,5 +97,5 @@ _LATIN = re.compile(r"[A-Za-z]")
 
 
 def detect_language(text: str) -> str:
-    """"ru" when Cyrillic letters outnumber Latin ones, else "en"."""
+    """ "ru" when Cyrillic letters outnumber Latin ones, else "en"."""
     return "ru" if len(_CYRILLIC.findall(text)) > len(_LATIN.findall(text)) else "en"

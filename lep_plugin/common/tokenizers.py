@@ -68,8 +68,10 @@ def tokenizer_style(spec: dict[str, Any]) -> Style:
         raise LEPError(f"unsupported tokenizer model type {model.get('type')!r}: only BPE and Unigram are supported")
     if _contains_type(spec.get("pre_tokenizer"), "ByteLevel"):
         return "byte_level"
-    if model.get("byte_fallback") or _contains_type(spec.get("pre_tokenizer"), "Metaspace") or "▁" in json.dumps(
-        spec.get("normalizer"), ensure_ascii=False
+    if (
+        model.get("byte_fallback")
+        or _contains_type(spec.get("pre_tokenizer"), "Metaspace")
+        or "▁" in json.dumps(spec.get("normalizer"), ensure_ascii=False)
     ):
         return "sentencepiece"
     raise LEPError("unsupported tokenizer: neither byte-level nor SentencePiece-style (▁ with byte fallback)")
@@ -85,9 +87,7 @@ def special_token_strings(tok) -> list[str]:
     return names
 
 
-def save_tokenizer_dir(
-    spec: dict[str, Any], like, output: Path, extra_files: dict[str, Any] | None = None
-) -> None:
+def save_tokenizer_dir(spec: dict[str, Any], like, output: Path, extra_files: dict[str, Any] | None = None) -> None:
     """Write ``spec`` (a tokenizer.json dict) as an HF tokenizer dir carrying ``like``'s special tokens,
     chat template, ``model_max_length`` and padding side.
 

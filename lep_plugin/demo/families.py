@@ -40,6 +40,7 @@ from lep_plugin.vocab.mistral import (
     mistral_common_file,
     set_bos_template,
 )
+from lep_plugin.vocab.operator import padded_size
 
 MISTRAL_V1 = "tokenizer.model.v1"
 MISTRAL_V3 = "mistral_instruct_tokenizer_240323.model.v3"
@@ -49,21 +50,51 @@ TEKKEN_CONTROL_TOKENS = 1000  # Tekken's control tokens, ids 0-999, inside its v
 LLAMA3_BPE = 128_000
 LLAMA3_SPECIALS = 256
 # Llama-3.1's named specials at their offsets after the BPE; the rest are <|reserved_special_token_N|>
-LLAMA3_NAMED = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 4: "<|finetune_right_pad_id|>", 6: "<|start_header_id|>",
-                7: "<|end_header_id|>", 8: "<|eom_id|>", 9: "<|eot_id|>", 10: "<|python_tag|>"}
+LLAMA3_NAMED = {
+    0: "<|begin_of_text|>",
+    1: "<|end_of_text|>",
+    4: "<|finetune_right_pad_id|>",
+    6: "<|start_header_id|>",
+    7: "<|end_header_id|>",
+    8: "<|eom_id|>",
+    9: "<|eot_id|>",
+    10: "<|python_tag|>",
+}
 LLAMA3_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim "
+    "+ '<|eot_id|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 
 # Qwen2.5 appends these after its 151,643 BPE tokens (151,643-151,664); Qwen3 adds four more. The
 # tool-call and fill-in-the-middle markers are added tokens that are *not* special.
-QWEN25_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-QWEN25_NOT_SPECIAL = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-                      "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+QWEN25_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+QWEN25_NOT_SPECIAL = [
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
 QWEN3_NOT_SPECIAL = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -80,10 +111,22 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 # Phi-3 (mini) appends these after the Llama-2 vocabulary's 32,000 tokens; the model has 32,064 rows
-PHI3_APPENDED = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
-                 "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>"]
+PHI3_APPENDED = [
+    "<|endoftext|>",
+    "<|assistant|>",
+    "<|placeholder1|>",
+    "<|placeholder2|>",
+    "<|placeholder3|>",
+    "<|placeholder4|>",
+    "<|system|>",
+    "<|end|>",
+    "<|placeholder5|>",
+    "<|placeholder6|>",
+    "<|user|>",
+]
 PHI3_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
@@ -92,14 +135,28 @@ PHI3_CHAT_TEMPLATE = (
 
 
 def _added(content: str, token_id: int, special: bool = True, rstrip: bool = False) -> dict[str, Any]:
-    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": rstrip,
-            "normalized": False, "special": special}
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": rstrip,
+        "normalized": False,
+        "special": special,
+    }
 
 
 def _save(spec: dict[str, Any], out: Path, chat_template: str, **special: str | None) -> Path:
     """Write ``spec`` as an HF tokenizer dir with the given special tokens and chat template."""
-    like = SimpleNamespace(model_max_length=131072, padding_side="left", chat_template=chat_template,
-                           bos_token=None, eos_token=None, unk_token=None, pad_token=None)
+    like = SimpleNamespace(
+        model_max_length=131072,
+        padding_side="left",
+        chat_template=chat_template,
+        bos_token=None,
+        eos_token=None,
+        unk_token=None,
+        pad_token=None,
+    )
     like.__dict__.update(special)
     out.mkdir(parents=True, exist_ok=True)
     save_tokenizer_dir(spec, like, out)
@@ -112,7 +169,9 @@ def _source_spec(name: str, source: Path | None) -> dict[str, Any]:
     if source is not None:
         return tokenizer_json(load_tokenizer(source))
     with tempfile.TemporaryDirectory() as tmp:
-        return tokenizer_json(load_tokenizer(import_mistral_common_tokenizer(mistral_common_file(name), Path(tmp) / "t")))
+        return tokenizer_json(
+            load_tokenizer(import_mistral_common_tokenizer(mistral_common_file(name), Path(tmp) / "t"))
+        )
 
 
 def _merge_kept(merge, vocab: dict[str, int]) -> bool:
@@ -134,7 +193,11 @@ def _tekken_bpe(source: Path | None, size: int | None) -> dict[str, Any]:
             raise LEPError(f"a byte-level BPE of {size} tokens cannot be cut from Tekken's {len(order)}")
         order = order[:size]
     vocab = {t: n for n, (_, t) in enumerate(order)}
-    spec["model"] = {**spec["model"], "vocab": vocab, "merges": [m for m in spec["model"]["merges"] if _merge_kept(m, vocab)]}
+    spec["model"] = {
+        **spec["model"],
+        "vocab": vocab,
+        "merges": [m for m in spec["model"]["merges"] if _merge_kept(m, vocab)],
+    }
     spec["added_tokens"] = []
     spec["post_processor"] = spec["post_processor"]["processors"][0]  # the ByteLevel step, without BOS
     return spec
@@ -177,11 +240,24 @@ def gemma_tokenizer(out: Path, bpe_size: int | None = None, source: Path | None 
     spec["model"] = {**model, "vocab": vocab, "merges": merges, "unk_token": "<unk>"}
     spec["added_tokens"] = [_added(t, i) for i, t in enumerate(front)]
     spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
-    spec["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
-    spec["decoder"] = {"type": "Sequence", "decoders": [
-        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    spec["pre_tokenizer"] = {
+        "type": "Split",
+        "pattern": {"String": " "},
+        "behavior": "MergedWithPrevious",
+        "invert": False,
+    }
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ],
+    }
     set_bos_template(spec, "<bos>", vocab["<bos>"])
-    return _save(spec, out, GEMMA_CHAT_TEMPLATE, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")
+    return _save(
+        spec, out, GEMMA_CHAT_TEMPLATE, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def phi3_tokenizer(out: Path, bpe_size: int | None = None, source: Path | None = None) -> Path:
@@ -192,8 +268,15 @@ def phi3_tokenizer(out: Path, bpe_size: int | None = None, source: Path | None =
     size = len(spec["model"]["vocab"])
     # Phi-3's chat markers strip the whitespace after them (``<|user|>\n`` encodes as the marker alone)
     spec["added_tokens"] += [_added(t, size + i, rstrip=t != "<|endoftext|>") for i, t in enumerate(PHI3_APPENDED)]
-    return _save(spec, out, PHI3_CHAT_TEMPLATE, bos_token="<s>", eos_token="<|endoftext|>", unk_token="<unk>",
-                 pad_token="<|endoftext|>")
+    return _save(
+        spec,
+        out,
+        PHI3_CHAT_TEMPLATE,
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+    )
 
 
 def _imported(name: str) -> Layout:
@@ -220,11 +303,20 @@ LAYOUTS: dict[str, Layout] = {
     "phi3": phi3_tokenizer,
 }
 # the shipped tokenizer each layout is made from (what ``source`` must hold)
-LAYOUT_SOURCES = {"mistral": "mistral", "mistral-v3": "mistral-v3", "tekken": "tekken", "llama3": "tekken",
-                  "qwen": "tekken", "gemma": "mistral", "phi3": "mistral"}
+LAYOUT_SOURCES = {
+    "mistral": "mistral",
+    "mistral-v3": "mistral-v3",
+    "tekken": "tekken",
+    "llama3": "tekken",
+    "qwen": "tekken",
+    "gemma": "mistral",
+    "phi3": "mistral",
+}
 
 
-def build_layout(layout: str, out: str | os.PathLike, bpe_size: int | None = None, source: str | os.PathLike | None = None) -> Path:
+def build_layout(
+    layout: str, out: str | os.PathLike, bpe_size: int | None = None, source: str | os.PathLike | None = None
+) -> Path:
     """The tokenizer dir of ``layout``, written to ``out``. ``bpe_size`` cuts a byte-level BPE to fewer
     tokens (for tiny models); ``source`` is a dir already holding the imported ``LAYOUT_SOURCES[layout]``."""
     if layout not in LAYOUTS:
@@ -263,12 +355,25 @@ FAMILIES: dict[str, Family] = {
     # Qwen2.5 pads 151,665 tokens to 151,936 rows; 7B and larger are untied, up to 3B tied
     "qwen2": Family("qwen", "qwen2", tied=False, chat_eos=QWEN_EOS, chat_eos_token="<|im_end|>", row_multiple=128),
     "qwen2-tied": Family("qwen", "qwen2", tied=True, chat_eos=QWEN_EOS, chat_eos_token="<|im_end|>", row_multiple=128),
-    "qwen3": Family("qwen", "qwen3", tied=True, chat_eos=QWEN_EOS, chat_eos_token="<|im_end|>", row_multiple=128,
-                    config={"head_dim": 16}),
+    "qwen3": Family(
+        "qwen",
+        "qwen3",
+        tied=True,
+        chat_eos=QWEN_EOS,
+        chat_eos_token="<|im_end|>",
+        row_multiple=128,
+        config={"head_dim": 16},
+    ),
     "gemma2": Family("gemma", "gemma2", tied=True, chat_eos=GEMMA_EOS, config=GEMMA_TINY),
     "gemma3": Family("gemma", "gemma3_text", tied=True, chat_eos=GEMMA_EOS, config=GEMMA_TINY),
-    "phi3": Family("phi3", "phi3", tied=False, chat_eos=("<|endoftext|>", "<|assistant|>", "<|end|>"),
-                   chat_eos_token="<|end|>", row_multiple=64),
+    "phi3": Family(
+        "phi3",
+        "phi3",
+        tied=False,
+        chat_eos=("<|endoftext|>", "<|assistant|>", "<|end|>"),
+        chat_eos_token="<|end|>",
+        row_multiple=64,
+    ),
 }
 
 
@@ -278,17 +383,31 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def tiny_config(model_type: str, tok, hidden: int = 64, layers: int = 2, tied: bool = False, rows: int | None = None,
-                **settings: Any):
+def tiny_config(
+    model_type: str,
+    tok,
+    hidden: int = 64,
+    layers: int = 2,
+    tied: bool = False,
+    rows: int | None = None,
+    **settings: Any,
+):
     """A tiny config of ``model_type`` for ``tok`` (``rows`` ≥ its length); ``settings`` add to or override
     the defaults (Gemma's head size, a longer MLP ...)."""
     from transformers import AutoConfig
 
     values = {
-        "vocab_size": rows or len(tok), "hidden_size": hidden, "intermediate_size": hidden * 2,
-        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 2048, "tie_word_embeddings": tied, "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+        "vocab_size": rows or len(tok),
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": tied,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
     }
     return AutoConfig.for_model(model_type, **(values | settings))
 
@@ -310,7 +429,6 @@ def save_random_model(config, tokenizer_dir: Path, out: Path, seed: int = 0, sha
 
 def tiny_base(name: str, tokenizer_dir: Path, out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """The family's tiny base model (random weights) on the tokenizer in ``tokenizer_dir``."""
-    from lep_plugin.vocab.operator import padded_size
 
     fam = family(name)
     tok = load_tokenizer(tokenizer_dir)
@@ -319,9 +437,24 @@ def tiny_base(name: str, tokenizer_dir: Path, out: Path, hidden: int = 64, layer
     return save_random_model(config, tokenizer_dir, out, seed)
 
 
-def tiny_instruct(name: str, base: Path, out: Path, seed: int = 1, scale: float = 0.02) -> Path:
-    """The family's tiny "instruct" model: every weight of the base moved a little (instruction tuning
-    changes every layer), the chat EOS list in the configs, the instruct tokenizer's own ``eos_token``."""
+# How far the tiny instruct model is from its base, relative to each tensor's RMS: published base/instruct
+# pairs differ by < 2 % (Llama-3.1-8B, Shadow-FT), the premise LEP's propagation rests on (METHOD.md)
+INSTRUCT_SHIFT = 0.02
+
+
+def perturb_(tensor, relative: float, generator) -> None:
+    """Add Gaussian noise of ``relative`` × the tensor's RMS, in place: a ±2 % move of a 0.02-scale
+    projection and of a norm's ones alike (an absolute scale would replace the one, barely touch the other)."""
+    import torch
+
+    rms = tensor.double().pow(2).mean().sqrt().item()
+    tensor.add_(relative * rms * torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
+
+
+def tiny_instruct(name: str, base: Path, out: Path, seed: int = 1, shift: float = INSTRUCT_SHIFT) -> Path:
+    """The family's tiny "instruct" model: the base with every weight moved by ``shift`` of its RMS
+    (instruction tuning changes every layer a little), the chat EOS list in the configs, the instruct
+    tokenizer's own ``eos_token``. A related pair, like a published one, not two unrelated random models."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -330,7 +463,7 @@ def tiny_instruct(name: str, base: Path, out: Path, seed: int = 1, scale: float 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():  # a tied matrix is one parameter: moved once
-            param.add_(scale * torch.randn(param.shape, generator=generator))
+            perturb_(param, shift, generator)
     tok = load_tokenizer(base)
     if fam.chat_eos_token:
         tok.eos_token = fam.chat_eos_token
@@ -341,8 +474,15 @@ def tiny_instruct(name: str, base: Path, out: Path, seed: int = 1, scale: float 
     return out
 
 
-def make_tiny_family(name: str, output: str | os.PathLike, bpe_size: int | None = None, hidden: int = 64,
-                     layers: int = 2, force: bool = False, source: str | os.PathLike | None = None) -> str:
+def make_tiny_family(
+    name: str,
+    output: str | os.PathLike,
+    bpe_size: int | None = None,
+    hidden: int = 64,
+    layers: int = 2,
+    force: bool = False,
+    source: str | os.PathLike | None = None,
+) -> str:
     """``lep tiny``: ``output/base`` and ``output/instruct`` of family ``name`` (random weights, the
     family's tokenizer layout), written atomically; returns a one-line summary."""
     fam = family(name)
@@ -353,4 +493,9 @@ def make_tiny_family(name: str, output: str | os.PathLike, bpe_size: int | None 
         tiny_instruct(name, base, tmp / "instruct")
         tokens = len(load_tokenizer(base))
     tied = "tied" if fam.tied else "untied"
-    return f"wrote {output}/base and {output}/instruct: tiny {fam.model_type} ({tied}, d={hidden}, {layers} layers), {fam.layout} tokenizer layout of {tokens:,} tokens"
+    return (
+        f"wrote {output}/base and {output}/instruct: tiny {fam.model_type} ({tied}, d={hidden}, {layers} layers), "
+        f"{fam.layout} tokenizer layout of {tokens:,} tokens; "
+        f"random base, instruct = base + {INSTRUCT_SHIFT:.0%} noise "
+        "(untrained: for trying the tools, not for judging LEP)"
+    )

@@ -27,13 +27,20 @@ from pathlib import Path
 import torch
 
 from lep_plugin.common.corpus import iter_texts
+from lep_plugin.demo.families import tiny_config
 
 
 def _config(tok, hidden: int, layers: int):
-    from lep_plugin.demo.families import tiny_config
 
-    return tiny_config("llama", tok, hidden, layers, intermediate_size=hidden * 3, max_position_embeddings=1024,
-                       pad_token_id=tok.eos_token_id)
+    return tiny_config(
+        "llama",
+        tok,
+        hidden,
+        layers,
+        intermediate_size=hidden * 3,
+        max_position_embeddings=1024,
+        pad_token_id=tok.eos_token_id,
+    )
 
 
 def _lr_factor(step: int, elapsed: float, seconds: float, warmup: int) -> float:
@@ -47,9 +54,19 @@ def _lr_factor(step: int, elapsed: float, seconds: float, warmup: int) -> float:
     return ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _train(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seconds: float, lr: float,
-           log: Callable[[str], None], label: str, schedule: bool = False, warmup: int = 30,
-           groups: list[dict] | None = None, check: Callable[[object], bool] | None = None, check_every: float = 60.0) -> int:
+def _train(
+    model,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    seconds: float,
+    lr: float,
+    log: Callable[[str], None],
+    label: str,
+    schedule: bool = False,
+    warmup: int = 30,
+    groups: list[dict] | None = None,
+    check: Callable[[object], bool] | None = None,
+    check_every: float = 60.0,
+) -> int:
     """Train until ``seconds`` have passed. ``groups`` are optimizer parameter groups with their own
     ``lr`` (default: every parameter at ``lr``); the schedule scales each group's rate. ``check(model)`` is
     called (model in eval mode, no grad) every ``check_every`` seconds of training; True stops early."""
@@ -115,7 +132,9 @@ def _lm_batches(tok, files: list[Path], seq: int, batch: int, seed: int, repeat:
     while True:
         rng.shuffle(chunks)
         for i in range(0, len(chunks) - batch, batch):
-            rows = [_repeated(c, rng, shuffle) if repeat and rng.random() < repeat else c for c in chunks[i : i + batch]]
+            rows = [
+                _repeated(c, rng, shuffle) if repeat and rng.random() < repeat else c for c in chunks[i : i + batch]
+            ]
             block = torch.tensor(rows)
             yield block, block
 
@@ -150,8 +169,20 @@ def _chat_batches(tok, instructions: Path, batch: int, seed: int, max_len: int =
             yield ids, labels
 
 
-def train_base(tokenizer_dir: Path, texts: list[Path], out: Path, seconds: float, log=print, hidden: int = 96, layers: int = 2,
-               seq: int = 128, lr: float = 3e-3, repeat: float = 0.0, shuffle: bool = False, schedule: bool = False) -> Path:
+def train_base(
+    tokenizer_dir: Path,
+    texts: list[Path],
+    out: Path,
+    seconds: float,
+    log=print,
+    hidden: int = 96,
+    layers: int = 2,
+    seq: int = 128,
+    lr: float = 3e-3,
+    repeat: float = 0.0,
+    shuffle: bool = False,
+    schedule: bool = False,
+) -> Path:
     """A language model from scratch; ``repeat`` is the fraction of training sequences that repeat a passage
     (of shuffled tokens if ``shuffle``)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -175,13 +206,27 @@ def embedding_groups(model, lr: float, embed_lr: float | None) -> list[dict] | N
     if model.get_output_embeddings() is not None:
         embeds.add(id(model.get_output_embeddings().weight))
     params = list(model.parameters())
-    return [{"params": [p for p in params if id(p) not in embeds], "lr": lr},
-            {"params": [p for p in params if id(p) in embeds], "lr": embed_lr}]
+    return [
+        {"params": [p for p in params if id(p) not in embeds], "lr": lr},
+        {"params": [p for p in params if id(p) in embeds], "lr": embed_lr},
+    ]
 
 
-def train_instruct(base: Path, instructions: Path, out: Path, seconds: float, log=print, extra: Sequence[dict] = (),
-                   lr: float = 1e-3, max_len: int = 256, schedule: bool = False, embed_lr: float | None = None,
-                   check: Callable[[object], bool] | None = None, check_every: float = 60.0, history: dict | None = None) -> Path:
+def train_instruct(
+    base: Path,
+    instructions: Path,
+    out: Path,
+    seconds: float,
+    log=print,
+    extra: Sequence[dict] = (),
+    lr: float = 1e-3,
+    max_len: int = 256,
+    schedule: bool = False,
+    embed_lr: float | None = None,
+    check: Callable[[object], bool] | None = None,
+    check_every: float = 60.0,
+    history: dict | None = None,
+) -> Path:
     """The base tuned on the chat records of ``instructions`` plus ``extra`` ones (loss on answers only).
 
     ``embed_lr``: a separate learning rate for the input and output embeddings (LEP assumes instruction
@@ -195,8 +240,18 @@ def train_instruct(base: Path, instructions: Path, out: Path, seconds: float, lo
     model = AutoModelForCausalLM.from_pretrained(str(base))
     batches = _chat_batches(tok, instructions, batch=8, seed=1, max_len=max_len, extra=extra)
     began = time.perf_counter()
-    steps = _train(model, batches, seconds, lr, log, "instruct", schedule=schedule,
-                   groups=embedding_groups(model, lr, embed_lr), check=check, check_every=check_every)
+    steps = _train(
+        model,
+        batches,
+        seconds,
+        lr,
+        log,
+        "instruct",
+        schedule=schedule,
+        groups=embedding_groups(model, lr, embed_lr),
+        check=check,
+        check_every=check_every,
+    )
     if history is not None:
         history.update(steps=steps, seconds=round(time.perf_counter() - began, 1))
     model.save_pretrained(str(out), max_shard_size="4MB")

@@ -1,1 +1,2 @@
-"""Label-free evaluation: copy tasks, tokenization statistics and bits per character (``lep eval`` and the training callback)."""
+"""Label-free evaluation: copy tasks, tokenization statistics and bits per character (``lep eval`` and the
+training callback)."""

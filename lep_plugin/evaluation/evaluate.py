@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
 
+from lep_plugin.common.devices import resolve_device
 from lep_plugin.common.tokenizers import load_tokenizer, token_counts
 from lep_plugin.errors import LEPError
 from lep_plugin.evaluation.generate import (
@@ -35,8 +37,17 @@ from lep_plugin.evaluation.tasks import (
 )
 from lep_plugin.math import metrics
 
-# Copy-task and statistic names, in table order.
-METRICS = ("sentence_copy", "paragraph_copy", "chars_per_token", "tokens_per_word", "gen_chars_per_token", "bits_per_char")
+# Copy-task and statistic names, in table order. Per copy task (sentence, paragraph): ``*_strict`` is the
+# character similarity of output and reference (difflib ratio; the score to judge copying by), ``*_exact``
+# exact match, ``*_copy`` Darumeru's score (token-count ratio for sentences, >= 99 % of the output's
+# characters matched for paragraphs; kept to compare with the paper).
+SCORES = ("strict", "exact", "copy")
+COPY_METRICS = tuple(f"{kind}_{score}" for kind in ("sentence", "paragraph") for score in SCORES)
+METRICS = (*COPY_METRICS, "bits_per_char", "chars_per_token", "tokens_per_word", "copied_chars_per_token")
+# Short names of the copy metrics in a record's ``summary`` (``ru_strict`` = Russian sentence strict score).
+SUMMARY_NAMES = {f"sentence_{score}": score for score in SCORES} | {
+    f"paragraph_{score}": f"paragraph_{score}" for score in SCORES
+}
 
 
 class EvalSettings(BaseModel):
@@ -48,16 +59,39 @@ class EvalSettings(BaseModel):
     seed: int = Field(0, description="Seed of the sentence/paragraph sampling.")
     shots: int = Field(3, ge=0, description="Few-shot examples in the plain prompt of base models.")
     prompt_style: PromptStyle = Field(
-        "auto", description="'chat' (zero-shot, chat template), 'base' (plain few-shot) or 'auto' (chat if the tokenizer has a chat template)."
+        "auto",
+        description="'chat' (zero-shot, chat template), 'base' (plain few-shot) or 'auto' "
+        "(chat if the tokenizer has a chat template).",
     )
     max_new_tokens_sentence: int = Field(128, ge=1, description="Generation limit of the sentence copy task.")
-    max_new_tokens_paragraph: int = Field(1024, ge=1, description="Generation limit of the paragraph copy task.")
-    paragraphs: bool = Field(True, description="Run the paragraph copy task (the slowest part).")
+    max_new_tokens_paragraph: int = Field(
+        1024,
+        ge=1,
+        description="Generation cap of the paragraph copy task (Darumeru's 1,024); each paragraph gets at most "
+        "paragraph_budget x its own token count.",
+    )
+    paragraph_budget: float = Field(
+        1.5,
+        ge=1.0,
+        description="New tokens per paragraph as a multiple of the reference's token count (+1 for the end token), "
+        "capped by max_new_tokens_paragraph.",
+    )
+    paragraphs: bool = Field(
+        True,
+        description="Run the paragraph copy task, most of the evaluation's time (off: --no-paragraphs / "
+        "paragraphs: false; the sentence tasks and bits per character still run).",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
-    bpc_chars: int = Field(20_000, ge=0, description="Characters of held-out text scored for bits per character (0: skip).")
-    bpc_window: int = Field(1024, ge=2, description="Token window of the bits-per-character pass (context resets at each window).")
+    bpc_chars: int = Field(
+        20_000, ge=0, description="Characters of held-out text scored for bits per character (0: skip)."
+    )
+    bpc_window: int = Field(
+        1024, ge=2, description="Token window of the bits-per-character pass (context resets at each window)."
+    )
     text_field: str = Field("text", description="Field of .jsonl text files holding the text.")
-    log_samples: bool = Field(True, description="Keep every prompt, reference, output and score in the result (like lm-eval's --log_samples).")
+    log_samples: bool = Field(
+        True, description="Keep every prompt, reference, output and score in the result (like lm-eval's --log_samples)."
+    )
 
     @classmethod
     def of(cls, options: BaseModel) -> EvalSettings:
@@ -96,52 +130,93 @@ def _count_tokens(tokenizer, text: str) -> int:
 
 
 def _copy_score(tokenizer, kind: str, prediction: str, reference: str) -> float:
+    """Darumeru's score of one sample."""
     if kind == "sentence":
         return metrics.sentence_copy_score(_count_tokens(tokenizer, prediction), _count_tokens(tokenizer, reference))
     return metrics.paragraph_copy_score(prediction, reference)
 
 
-def chance_score(tokenizer, kind: str, references: Sequence[str]) -> float:
-    """The score of answering every sample with *another* sample's text (the next one): what the metric
-    gives a fluent but wrong answer of a typical length, on the same samples. A copy score means little
-    until it is clearly above this."""
-    if len(references) < 2:
-        return math.nan
-    wrong = list(references[1:]) + list(references[:1])
-    return metrics.mean([_copy_score(tokenizer, kind, w, r) for w, r in zip(wrong, references)])
+def sample_scores(tokenizer, kind: str, prediction: str, reference: str) -> dict[str, float]:
+    """``{kind}_strict``, ``{kind}_exact`` and ``{kind}_copy`` (Darumeru) of one output."""
+    return {
+        f"{kind}_strict": metrics.char_similarity(prediction, reference),
+        f"{kind}_exact": metrics.exact_match(prediction, reference),
+        f"{kind}_copy": _copy_score(tokenizer, kind, prediction, reference),
+    }
 
 
-def copy_task_scores(model, tokenizer, tasks: CopyTasks, settings: EvalSettings, style: Literal["base", "chat"]) -> dict[str, Any]:
-    """Sentence and paragraph copy scores, their chance levels, characters per generated token and (if
+def mean_scores(rows: Sequence[dict[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """The mean of each of ``names`` over per-sample score rows (nan without rows)."""
+    return {name: metrics.mean([row[name] for row in rows]) for name in names}
+
+
+def chance_scores(tokenizer, kind: str, references: Sequence[str]) -> dict[str, float]:
+    """Each copy metric's chance level on these samples (:func:`metrics.wrong_answers`: every sample
+    answered with the next one's text). The strict and exact levels depend on the texts only; Darumeru's
+    sentence level counts tokens, so it differs from model to model when their tokenizers differ."""
+    rows = [sample_scores(tokenizer, kind, w, r) for w, r in zip(metrics.wrong_answers(references), references)]
+    return mean_scores(rows, [f"{kind}_{score}" for score in SCORES])
+
+
+def generation_budgets(tokenizer, references: Sequence[str], factor: float, cap: int) -> list[int]:
+    """New tokens allowed per reference: ``factor`` x its token count + 1 (the end token), at most ``cap``.
+
+    A copy needs the reference's tokens and an end token; a model that loops is cut at ``factor`` x the
+    text instead of running to the cap (1,024 tokens for a 200-token paragraph was most of the time)."""
+    return [max(1, min(cap, math.ceil(factor * _count_tokens(tokenizer, r)) + 1)) for r in references]
+
+
+def copy_task_scores(
+    model,
+    tokenizer,
+    tasks: CopyTasks,
+    settings: EvalSettings,
+    style: Literal["base", "chat"],
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, Any]:
+    """Every copy metric, its chance level, copied characters per generated token and (if
     ``settings.log_samples``) every prompt, reference and output, on one file's samples."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     stop = set(eos_token_ids(model, tokenizer))
     if style == "base":
         stop |= newline_token_ids(tokenizer)
-    gen_chars = gen_tokens = 0
+    copied_chars = gen_tokens = 0
     result: dict[str, Any] = {"chance": {}, "log": []}
-    jobs = [("sentence", tasks.sentences, settings.max_new_tokens_sentence)]
+    jobs = [("sentence", tasks.sentences, [settings.max_new_tokens_sentence] * len(tasks.sentences))]
     if settings.paragraphs:
-        jobs.append(("paragraph", tasks.paragraphs, settings.max_new_tokens_paragraph))
-    for kind, sources, limit in jobs:
+        budgets = generation_budgets(
+            tokenizer, tasks.paragraphs, settings.paragraph_budget, settings.max_new_tokens_paragraph
+        )
+        jobs.append(("paragraph", tasks.paragraphs, budgets))
+    for kind, sources, limits in jobs:
         prompts = [copy_prompt_ids(tokenizer, s, style, tasks.shots) for s in sources]
-        outputs = greedy_generate(model, prompts, limit, stop, pad_id, settings.batch_size)
-        scores = []
-        for source, prompt, tokens in zip(sources, prompts, outputs):
+        outputs = greedy_generate(model, prompts, limits, stop, pad_id, settings.batch_size, progress=progress)
+        scores: list[dict[str, float]] = []
+        for source, prompt, tokens, limit in zip(sources, prompts, outputs, limits):
             prediction = _clean_prediction(tokenizer, tokens, style)
-            gen_chars += len(prediction)
+            # only characters that match the reference count: a model that loops or rambles in long tokens
+            # must not look like a compact tokenization
+            copied_chars += metrics.matched_chars(prediction, source)
             gen_tokens += _count_tokens(tokenizer, prediction)
-            scores.append(_copy_score(tokenizer, kind, prediction, source))
+            scores.append(sample_scores(tokenizer, kind, prediction, source))
             if settings.log_samples:
-                result["log"].append({
-                    "task": f"{kind}_copy", "prompt": tokenizer.decode(prompt), "reference": source,
-                    "output": prediction, "score": scores[-1],
-                })
-        result[f"{kind}_copy"] = metrics.mean(scores)
-        result["chance"][f"{kind}_copy"] = chance_score(tokenizer, kind, sources)
-    if not settings.paragraphs:
-        result["paragraph_copy"] = math.nan
-    result["gen_chars_per_token"] = metrics.chars_per_token(gen_chars, gen_tokens)
+                result["log"].append(
+                    {
+                        "task": f"{kind}_copy",
+                        "prompt": tokenizer.decode(prompt),
+                        "reference": source,
+                        "output": prediction,
+                        "score": scores[-1][f"{kind}_copy"],
+                        "scores": scores[-1],
+                        "new_tokens": len(tokens),
+                        "limit": limit,  # new_tokens == limit: cut by the budget
+                    }
+                )
+        result.update(mean_scores(scores, [f"{kind}_{score}" for score in SCORES]))
+        result["chance"].update(chance_scores(tokenizer, kind, sources))
+    for name in COPY_METRICS:
+        result.setdefault(name, math.nan)  # paragraphs off
+    result["copied_chars_per_token"] = metrics.chars_per_token(copied_chars, gen_tokens)
     return result
 
 
@@ -206,35 +281,80 @@ def bits_per_char(model, tokenizer, texts: Sequence[str], window: int = 1024, ba
     return metrics.bits_per_character(nll, chars)
 
 
-def evaluate_model(model, tokenizer, tasks: Sequence[CopyTasks], settings: EvalSettings, name: str = "model") -> dict[str, Any]:
-    """The result record of one model over every held-out file (model left in its previous train/eval mode)."""
+def summary_prefixes(labels: Sequence[str]) -> dict[str, str]:
+    """The short name of each text label in a record's ``summary``: its first path part ("ru/heldout" ->
+    "ru", the language where the files are laid out per language), or the whole label if that clashes."""
+    firsts = [label.split("/", 1)[0] for label in labels]
+    return {label: first if firsts.count(first) == 1 else label for label, first in zip(labels, firsts)}
+
+
+def summary(per_text: dict[str, dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(scores, chance levels) of the copy metrics keyed ``<text>_<name>``: ``ru_strict`` is the Russian
+    sentence strict score, ``ru_exact``, ``ru_copy`` (Darumeru), ``ru_paragraph_strict``, ... (see
+    :data:`SUMMARY_NAMES`)."""
+    scores: dict[str, float] = {}
+    chance: dict[str, float] = {}
+    for label, prefix in summary_prefixes(list(per_text)).items():
+        for metric, short in SUMMARY_NAMES.items():
+            scores[f"{prefix}_{short}"] = per_text[label][metric]
+            chance[f"{prefix}_{short}"] = per_text[label]["chance"].get(metric, math.nan)
+    return scores, chance
+
+
+def evaluate_model(
+    model, tokenizer, tasks: Sequence[CopyTasks], settings: EvalSettings, name: str = "model", progress: bool = False
+) -> dict[str, Any]:
+    """The result record of one model over every held-out file (model left in its previous train/eval mode).
+
+    ``texts.<label>`` holds every metric of :data:`METRICS`, ``chance`` (each copy metric's chance level)
+    and ``samples``; ``summary`` / ``summary_chance`` the copy metrics and their chance levels under short
+    keys (``ru_strict``); ``progress`` shows a bar over the samples on a terminal (stderr)."""
     style = resolve_prompt_style(tokenizer, settings.prompt_style)
     began = time.perf_counter()
     per_text: dict[str, dict[str, Any]] = {}
-    with inference_mode(model):
+    total = sum(len(t.sentences) + (len(t.paragraphs) if settings.paragraphs else 0) for t in tasks)
+    # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean
+    with (
+        inference_mode(model),
+        tqdm(total=total, desc=name, unit="sample", disable=None if progress else True, leave=False) as bar,
+    ):
         for task in tasks:
             row: dict[str, Any] = {}
-            row.update(copy_task_scores(model, tokenizer, task, settings, style))
+            row.update(copy_task_scores(model, tokenizer, task, settings, style, progress=bar.update))
             row.update(tokenization_stats(tokenizer, task.heldout))
             row["bits_per_char"] = (
-                bits_per_char(model, tokenizer, task.heldout, settings.bpc_window, settings.batch_size) if settings.bpc_chars else math.nan
+                bits_per_char(model, tokenizer, task.heldout, settings.bpc_window, settings.batch_size)
+                if settings.bpc_chars
+                else math.nan
             )
-            row["samples"] = {"sentences": len(task.sentences), "paragraphs": len(task.paragraphs) if settings.paragraphs else 0}
+            row["samples"] = {
+                "sentences": len(task.sentences),
+                "paragraphs": len(task.paragraphs) if settings.paragraphs else 0,
+            }
             per_text[task.label] = {k: row[k] for k in (*METRICS, "chance", "samples")}
             if settings.log_samples:
                 per_text[task.label]["log"] = row["log"]
+    scores, chance = summary(per_text)
     return {
         "model": name,
         "prompt_style": style,
         "vocab_size": len(tokenizer),
         "texts": per_text,
+        "summary": scores,
+        "summary_chance": chance,
         "seconds": round(time.perf_counter() - began, 3),
     }
 
 
 def flat_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{prefix}{text}/{metric}: value`` of a result record (for trainer logs and tables)."""
-    return {f"{prefix}{label}/{name}": float(values[name]) for label, values in record["texts"].items() for name in METRICS}
+    """``{prefix}{text}/{metric}: value`` of a result record and ``{prefix}{text}/chance/{metric}`` of each
+    copy metric's chance level (for trainer logs: the chance curve beside the score)."""
+    flat = {
+        f"{prefix}{label}/{name}": float(values[name]) for label, values in record["texts"].items() for name in METRICS
+    }
+    for label, values in record["texts"].items():
+        flat.update({f"{prefix}{label}/chance/{name}": float(v) for name, v in values.get("chance", {}).items()})
+    return flat
 
 
 def check_model_dir(path: str | os.PathLike) -> Path:
@@ -252,12 +372,12 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str = 
     it is not one."""
     from transformers import AutoModelForCausalLM
 
-    from lep_plugin.common.devices import resolve_device
-
     target = resolve_device(device)
     path = check_model_dir(path)
     tokenizer = load_tokenizer(path)
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype
+    ]
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     except Exception as err:  # transformers raises many types for a broken checkpoint

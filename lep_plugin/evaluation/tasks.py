@@ -7,7 +7,7 @@ always asked to copy exactly the same sentences and paragraphs.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,9 +75,27 @@ def paragraph_samples(document: str, min_chars: int, max_chars: int) -> list[str
 
 def sentence_samples(paragraph: str, min_chars: int, max_chars: int, min_words: int = 3) -> list[str]:
     """Sentences of a (single-line) paragraph within the length bounds."""
-    return [
-        s for s in split_sentences(paragraph) if min_chars <= len(s) <= max_chars and count_words(s) >= min_words
-    ]
+    return [s for s in split_sentences(paragraph) if min_chars <= len(s) <= max_chars and count_words(s) >= min_words]
+
+
+def _scan(
+    documents: Iterable[str], bpc_chars: int, sentence_chars: tuple[int, int], paragraph_chars: tuple[int, int]
+) -> tuple[list[str], list[str], list[str]]:
+    """Candidate paragraphs and sentences in document order, de-duplicated, and the first ``bpc_chars``
+    characters as whole documents (the last one cut)."""
+    paragraphs: dict[str, None] = {}
+    sentences: dict[str, None] = {}
+    heldout: list[str] = []
+    seen = 0
+    for document in documents:
+        if seen < bpc_chars:
+            heldout.append(document[: bpc_chars - seen])
+            seen += len(heldout[-1])
+        for paragraph in paragraph_samples(document, *paragraph_chars):
+            paragraphs.setdefault(paragraph)
+            for sentence in sentence_samples(paragraph, *sentence_chars):
+                sentences.setdefault(sentence)
+    return list(paragraphs), list(sentences), heldout
 
 
 def load_copy_tasks(
@@ -106,30 +124,21 @@ def load_copy_tasks(
         raise LEPError(f"held-out text file {path} is empty")
     if samples < 1:
         raise LEPError("samples must be at least 1")
-    candidates: dict[str, None] = {}
-    sentences: dict[str, None] = {}
-    heldout: list[str] = []
-    seen = 0
-    for document in iter_texts([path], text_field=text_field, max_chars=max(pool_chars, bpc_chars)):
-        if seen < bpc_chars:
-            heldout.append(document[: bpc_chars - seen])
-            seen += len(heldout[-1])
-        for paragraph in paragraph_samples(document, *paragraph_chars):
-            candidates.setdefault(paragraph)
-            for sentence in sentence_samples(paragraph, *sentence_chars):
-                sentences.setdefault(sentence)
+    documents = iter_texts([path], text_field=text_field, max_chars=max(pool_chars, bpc_chars))
+    candidates, sentences, heldout = _scan(documents, bpc_chars, sentence_chars, paragraph_chars)
     if not heldout:
         raise LEPError(f"held-out text file {path} contains no text")
     if not sentences or not candidates:
         what = "sentences" if not sentences else "paragraphs"
         raise LEPError(
             f"held-out text file {path} has no {what} of usable length "
-            f"(sentences {sentence_chars[0]}-{sentence_chars[1]} chars, paragraphs {paragraph_chars[0]}-{paragraph_chars[1]} chars)"
+            f"(sentences {sentence_chars[0]}-{sentence_chars[1]} chars, "
+            f"paragraphs {paragraph_chars[0]}-{paragraph_chars[1]} chars)"
         )
     rng = random.Random(seed)
-    sentence_pool = list(sentences)
+    sentence_pool = sentences
     picked_sentences = rng.sample(sentence_pool, min(samples, len(sentence_pool)))
-    picked_paragraphs = rng.sample(list(candidates), min(samples, len(candidates)))
+    picked_paragraphs = rng.sample(candidates, min(samples, len(candidates)))
     chosen = set(picked_sentences)
     rest = [s for s in sentence_pool if s not in chosen] or sentence_pool
     picked_shots = rng.sample(rest, min(shots, len(rest)))

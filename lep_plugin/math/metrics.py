@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -28,15 +29,58 @@ def sentence_copy_score(predicted_tokens: int, source_tokens: int) -> float:
     return min(predicted_tokens / source_tokens, source_tokens / predicted_tokens)
 
 
+def _matcher(prediction: str, source: str) -> difflib.SequenceMatcher:
+    # autojunk=False: the heuristic would treat frequent characters (spaces, vowels) of texts longer than
+    # 200 characters as junk and under-count matches of long paragraphs.
+    return difflib.SequenceMatcher(None, prediction, source, autojunk=False)
+
+
+def matched_chars(prediction: str, source: str) -> int:
+    """Characters of ``prediction`` matched, in order, in ``source`` (difflib's matching blocks)."""
+    if not prediction or not source:
+        return 0
+    return sum(block.size for block in _matcher(prediction, source).get_matching_blocks())
+
+
 def matched_fraction(prediction: str, source: str) -> float:
     """Characters of ``prediction`` matched in ``source`` (difflib, no junk heuristic) over len(prediction)."""
     if not prediction:
         return 0.0
-    # autojunk=False: the heuristic would treat frequent characters (spaces, vowels) of texts longer than
-    # 200 characters as junk and under-count matches of long paragraphs.
-    matcher = difflib.SequenceMatcher(None, prediction, source, autojunk=False)
-    matched = sum(block.size for block in matcher.get_matching_blocks())
-    return matched / len(prediction)
+    return matched_chars(prediction, source) / len(prediction)
+
+
+def char_similarity(prediction: str, reference: str) -> float:
+    """The strict copy score: 2·M / (len(prediction) + len(reference)), M the characters matched in order
+    (difflib's ``ratio()``, no junk heuristic).
+
+    1.0 only for the identical text; stopping early, running on, dropping or changing characters all cost
+    in proportion, unlike Darumeru's sentence score (token counts only) and paragraph score (matched share
+    of the *prediction*, so a correct first word scores 1). Chosen over chrF because a copy is a sequence
+    (order counts, chrF's n-gram bags do not see it), it needs no dependency and it is the matcher
+    Darumeru's paragraph task already uses. Both empty: 1.0.
+    """
+    if not prediction and not reference:
+        return 1.0
+    return 2.0 * matched_chars(prediction, reference) / (len(prediction) + len(reference))
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 if the texts are equal up to runs of whitespace, else 0.0 (decoders differ in spacing only)."""
+    return 1.0 if prediction.split() == reference.split() else 0.0
+
+
+def wrong_answers(references: Sequence[str]) -> list[str]:
+    """Each sample's chance answer: the *next* sample's reference (the last gets the first); none with
+    fewer than two samples. A fluent but wrong answer of a typical length, on the same samples."""
+    if len(references) < 2:
+        return []
+    return list(references[1:]) + list(references[:1])
+
+
+def chance_level(score: Callable[[str, str], float], references: Sequence[str]) -> float:
+    """Mean ``score(wrong, reference)`` over :func:`wrong_answers` (nan with fewer than two samples): a copy
+    score means little until it is clearly above this."""
+    return mean([score(w, r) for w, r in zip(wrong_answers(references), references)])
 
 
 def paragraph_copy_score(prediction: str, source: str, threshold: float = PARAGRAPH_MATCH_THRESHOLD) -> float:

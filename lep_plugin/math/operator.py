@@ -22,9 +22,7 @@ import torch
 Weighting = Literal["mean", "position"]
 
 
-def build_operator(
-    pieces: Sequence[Sequence[int]], old_vocab_size: int, weighting: Weighting = "mean"
-) -> torch.Tensor:
+def build_operator(pieces: Sequence[Sequence[int]], old_vocab_size: int, weighting: Weighting = "mean") -> torch.Tensor:
     """Sparse CSR float64 matrix T of shape (len(pieces), old_vocab_size).
 
     ``pieces[i]`` are the old ids that new token ``i`` splits into (empty: no decomposition).
@@ -65,7 +63,9 @@ def trained_rows(matrix: torch.Tensor, rel_tol: float = 1e-3) -> torch.Tensor:
     near-zero norm; averaging them in would shrink new rows towards zero.
     """
     # block by block: no full float32 copy of a 16-bit 128k×4096 matrix
-    norms = torch.cat([torch.linalg.vector_norm(matrix[s : s + 65536].float(), dim=1) for s in range(0, matrix.shape[0], 65536)])
+    norms = torch.cat(
+        [torch.linalg.vector_norm(matrix[s : s + 65536].float(), dim=1) for s in range(0, matrix.shape[0], 65536)]
+    )
     positive = norms[norms > 0]
     if positive.numel() == 0:
         return torch.zeros_like(norms, dtype=torch.bool)
@@ -95,7 +95,9 @@ def empty_rows(operator: torch.Tensor) -> torch.Tensor:
     """Bool mask of rows whose weights sum to zero (nothing to average)."""
     operator = operator.to_sparse_csr()
     crow, val = operator.crow_indices(), operator.values()
-    sums = torch.zeros(operator.shape[0], dtype=val.dtype, device=val.device).index_add_(0, _row_of_values(crow), val.abs())
+    sums = torch.zeros(operator.shape[0], dtype=val.dtype, device=val.device).index_add_(
+        0, _row_of_values(crow), val.abs()
+    )
     return sums == 0
 
 
@@ -121,7 +123,9 @@ def apply_operator(
     op = restrict_to_rows(operator, trained)
     missing = empty_rows(op)
     source = old.to(compute)
-    weights = trained.to(compute) if bool(trained.any()) else torch.ones(source.shape[0], dtype=compute, device=old.device)
+    weights = (
+        trained.to(compute) if bool(trained.any()) else torch.ones(source.shape[0], dtype=compute, device=old.device)
+    )
     fallback = (weights @ source) / weights.sum()  # mean of trained rows without copying them
     # T · old is a weighted-sum embedding bag over T's CSR rows: one pass of a fast CPU kernel
     rows = torch.nn.functional.embedding_bag(

@@ -13,6 +13,8 @@ the same block earlier (before any dataset or model is touched) with :func:`pars
         keep: 64000               # optimize only
       # or, for a ready tokenizer dir:   vocab: {tokenizer: path/to/dir}
       train: embeddings           # embeddings | new_rows | off
+      body: frozen                # frozen | lora (with `adapter: lora|qlora` + lora_modules_to_save:
+                                  #   [embed_tokens, lm_head]: a 4-bit frozen body, or a LoRA donor)
       eval: {...}                 # optional, handed to lep_plugin.plugin.eval_callback
 """
 
@@ -38,6 +40,9 @@ from lep_plugin.vocab.options import (
 )
 
 TrainMode = Literal["embeddings", "new_rows", "off"]
+BodyMode = Literal["frozen", "lora"]
+# the embedding modules an adapter run must train whole (PEFT's `modules_to_save`): LEP propagates matrices
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 
 
 class VocabSection(VocabOptions, ConvertOptions):
@@ -77,7 +82,9 @@ class VocabSection(VocabOptions, ConvertOptions):
                 )
             return self
         if self.method is None:
-            raise ValueError("set `method:` (bpe | unigram | extend | optimize) or `tokenizer:` (a ready tokenizer dir)")
+            raise ValueError(
+                "set `method:` (bpe | unigram | extend | optimize) or `tokenizer:` (a ready tokenizer dir)"
+            )
         if not self.corpus:
             raise ValueError(f"method {self.method!r} needs `corpus:` (target-language .jsonl files or globs)")
         if self.vocab_size is None:
@@ -104,9 +111,17 @@ class LEPConfig(BaseModel):
         description="embeddings: train embed_tokens and lm_head only; new_rows: only the rows of new tokens; "
         "off: leave Axolotl's own trainable-parameter settings alone",
     )
+    body: BodyMode = Field(
+        default="frozen",
+        description="frozen: the transformer layers never change (with `adapter: qlora` + `load_in_4bit` they are "
+        "loaded quantised and the adapter's LoRA weights stay frozen at zero); lora: the body LoRA of Axolotl's "
+        "`adapter:` settings trains with the embeddings (a LoRA continued pretraining; `lep-merge` carries it)",
+    )
     # Options of the training-time evaluation callback: a dict here, validated by
     # lep_plugin.plugin.eval_callback.EvalCallbackOptions in register() (so the two evolve separately).
-    eval: dict[str, Any] | None = Field(default=None, description="copy tasks and bits per character every N steps, into the trainer's logs")
+    eval: dict[str, Any] | None = Field(
+        default=None, description="copy tasks and bits per character every N steps, into the trainer's logs"
+    )
 
     @model_validator(mode="after")
     def _new_rows_needs_new_tokens(self):
@@ -126,7 +141,7 @@ class LEPArgs(BaseModel):
         if isinstance(data, dict):
             conflicts = yaml_conflicts(data)
             if conflicts:
-                raise ValueError(conflicts[0])
+                raise ValueError(conflicts_message(conflicts))
         return data
 
 
@@ -151,17 +166,9 @@ def yaml_conflicts(data: dict[str, Any]) -> list[str]:
             f"`lep.train: {train}` decides which parameters train; remove `unfrozen_parameters:` "
             "(or set `lep.train: off` to use it)"
         )
-    if data.get("adapter"):
-        problems.append(
-            f"`lep.train: {train}` trains the embedding matrices themselves; remove `adapter: {data['adapter']}` "
-            "(or set `lep.train: off`)"
-        )
-    if data.get("lora_modules_to_save"):
-        problems.append(f"`lora_modules_to_save:` has no effect with `lep.train: {train}`; remove it")
+    problems += adapter_conflicts(data, train, lep.get("body", "frozen"))
     if train == "new_rows" and (data.get("weight_decay") or 0) > 0:
-        problems.append(
-            "`lep.train: new_rows` needs `weight_decay: 0`: AdamW's decay would change the frozen old rows"
-        )
+        problems.append("`lep.train: new_rows` needs `weight_decay: 0`: AdamW's decay would change the frozen old rows")
     fsdp_config = data.get("fsdp_config") or {}
     version = data.get("fsdp_version") or (fsdp_config.get("fsdp_version") if isinstance(fsdp_config, dict) else None)
     if train == "new_rows" and (data.get("fsdp") or fsdp_config) and str(version) != "2":
@@ -170,6 +177,58 @@ def yaml_conflicts(data: dict[str, Any]) -> list[str]:
             "into one buffer, where the plugin cannot find the rows of old tokens"
         )
     return problems
+
+
+def conflicts_message(problems: list[str]) -> str:
+    """Every conflict in one line, so a user fixes them all in one edit (not one per run)."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} settings conflict with `lep:`: " + "; ".join(
+        f"({i}) {p}" for i, p in enumerate(problems, 1)
+    )
+
+
+def adapter_conflicts(data: dict[str, Any], train: str, body: str) -> list[str]:
+    """The adapter settings ``lep.train`` (not off) accepts: none, or ``adapter: lora|qlora`` that trains
+    ``embed_tokens`` and ``lm_head`` whole (``lora_modules_to_save``) – a quantised frozen body or a body LoRA."""
+    adapter = data.get("adapter")
+    if not adapter:
+        problems = []
+        if body == "lora":
+            problems.append(
+                "`lep.body: lora` trains a body LoRA: set `adapter: lora` (or `qlora`) and its `lora_*` settings"
+            )
+        quantised = [k for k in ("load_in_4bit", "load_in_8bit") if data.get(k)]
+        if quantised:
+            problems.append(
+                f"`{quantised[0]}:` loads the body quantised only with an adapter: add `adapter: "
+                f"{'qlora' if quantised[0] == 'load_in_4bit' else 'lora'}` "
+                "and `lora_modules_to_save: [embed_tokens, lm_head]`"
+            )
+        if data.get("lora_modules_to_save"):
+            problems.append(
+                f"`lora_modules_to_save:` has no effect without `adapter:` (`lep.train: {train}`); remove it"
+            )
+        return problems
+    if adapter not in ("lora", "qlora"):
+        return [f"`lep.train: {train}` works with `adapter: lora` or `qlora`, not `adapter: {adapter}`"]
+    on_embeddings = [m for m in EMBEDDING_MODULES if m in (data.get("lora_target_modules") or [])]
+    if on_embeddings:
+        return [
+            (
+                f"`lora_target_modules` puts a LoRA on {on_embeddings[0]}; LEP trains the embedding matrices whole: "
+                "move it to `lora_modules_to_save: [embed_tokens, lm_head]`"
+            )
+        ]
+    missing = [m for m in EMBEDDING_MODULES if m not in (data.get("lora_modules_to_save") or [])]
+    if missing:
+        return [
+            (
+                f"`lep.train: {train}` with `adapter: {adapter}` trains the embeddings whole: add "
+                f"`lora_modules_to_save: [embed_tokens, lm_head]` (missing {', '.join(missing)})"
+            )
+        ]
+    return []
 
 
 def parse_lep_block(data: dict[str, Any]) -> LEPConfig | None:
@@ -187,5 +246,5 @@ def parse_lep_block(data: dict[str, Any]) -> LEPConfig | None:
                 raise LEPError(f"invalid `lep:` block: {describe_validation_error(err, LEPConfig)}") from None
     conflicts = yaml_conflicts(data)
     if conflicts:
-        raise LEPError(conflicts[0])
+        raise LEPError(conflicts_message(conflicts))
     return config

@@ -12,6 +12,10 @@ from typing import Any
 
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, settings_named
+from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+from lep_plugin.plugin.args import parse_lep_block
+from lep_plugin.plugin.eval_callback import eval_options
+from lep_plugin.plugin.vocabulary import locate_vocabulary
 
 PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
 TRAINED = {
@@ -23,7 +27,6 @@ TRAINED = {
 
 def check_config(path: Path) -> list[str]:
     """One line per finding of a YAML that is ready to train; a problem is a :class:`LEPError`."""
-    from lep_plugin.plugin.args import parse_lep_block
 
     cfg = read_yaml_mapping(path)
     plugins = cfg.get("plugins") or []
@@ -47,11 +50,14 @@ def check_config(path: Path) -> list[str]:
 
 
 def _vocabulary_lines(cfg: dict[str, Any], config) -> list[str]:
-    from lep_plugin.plugin.vocabulary import locate_vocabulary
 
     with settings_named("yaml", "lep.vocab"):
         located = locate_vocabulary(cfg, config.vocab)
-    state = "exists, will be reused" if (located.target / "lep_vocab.json").is_file() else "will be built at the start of the run"
+    state = (
+        "exists, will be reused"
+        if (located.target / "lep_vocab.json").is_file()
+        else "will be built at the start of the run"
+    )
     return [
         f"old tokenizer: {located.old_dir}",
         f"vocabulary: {located.describe}",
@@ -60,10 +66,11 @@ def _vocabulary_lines(cfg: dict[str, Any], config) -> list[str]:
 
 
 def _eval_line(options: dict[str, Any]) -> str:
-    from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
-    from lep_plugin.plugin.eval_callback import eval_options
 
     validated = eval_options(options)
     with settings_named("yaml", "lep.eval"):
         tasks = load_tasks(validated.texts, EvalSettings.of(validated))
-    return f"evaluation: every {validated.every_n_steps} steps on {', '.join(t.label for t in tasks)} ({validated.prompt_style} prompts)"
+    return (
+        f"evaluation: every {validated.every_n_steps} steps on {', '.join(t.label for t in tasks)} "
+        f"({validated.prompt_style} prompts)"
+    )

@@ -2,6 +2,10 @@
 and bits per character of the model being trained go into the trainer's logs (so W&B / TensorBoard show
 them beside the loss) and into ``lep_eval_history.json`` in the output dir.
 
+Log keys: ``lep_eval/<text>/<metric>`` for every metric of ``evaluate.METRICS`` (the strict copy score
+``sentence_strict``, ``sentence_exact``, Darumeru's ``sentence_copy``, ...) and
+``lep_eval/<text>/chance/<metric>`` for each copy metric's chance level, drawn as a flat line beside it.
+
 Wiring (in the plugin): ``add_callbacks_post_trainer(cfg, trainer)`` returns
 ``[build_eval_callback(options, tokenizer, cfg.output_dir, trainer=trainer)]``.
 """
@@ -41,14 +45,18 @@ class EvalCallbackOptions(EvalSettings):
     texts: list[Path] = Field(..., min_length=1, description="Held-out text files (.jsonl with a text field, or .txt).")
     every_n_steps: int = Field(500, ge=1, description="Evaluate after every N optimizer steps.")
     at_start: bool = Field(False, description="Also evaluate before the first step (the starting point of the curves).")
-    at_end: bool = Field(True, description="Also evaluate after the last step if it is not a multiple of every_n_steps.")
+    at_end: bool = Field(
+        True, description="Also evaluate after the last step if it is not a multiple of every_n_steps."
+    )
     samples: int = Field(8, ge=1, description="Sentences and paragraphs sampled per text file.")
     prompt_style: PromptStyle = Field(
         "base",
         description="The model in training is a base model: 'base' asks with plain few-shot prompts even when "
         "its tokenizer has a chat template; 'chat' or 'auto' to train a chat model.",
     )
-    log_samples: bool = Field(False, description="Keep every prompt and output in lep_eval_history.json (it grows with every evaluation).")
+    log_samples: bool = Field(
+        False, description="Keep every prompt and output in lep_eval_history.json (it grows with every evaluation)."
+    )
 
 
 def eval_options(options: dict[str, Any]) -> EvalCallbackOptions:
@@ -57,7 +65,9 @@ def eval_options(options: dict[str, Any]) -> EvalCallbackOptions:
         return EvalCallbackOptions.model_validate(options)
     except ValidationError as err:
         with settings_named("yaml", "lep.eval"):
-            raise LEPError(f"invalid `lep.eval:` block: {describe_validation_error(err, EvalCallbackOptions)}") from None
+            raise LEPError(
+                f"invalid `lep.eval:` block: {describe_validation_error(err, EvalCallbackOptions)}"
+            ) from None
 
 
 class LEPEvalCallback(TrainerCallback):

@@ -13,7 +13,9 @@ Hook order relied on (Axolotl 0.19, same names in 0.21):
 3. ``pre_model_load`` → model built from the base checkpoint → ``post_model_build(cfg, model)``: the old
    rows are still there (Axolotl's own ``_resize_token_embeddings`` runs right after this hook), so the
    embeddings are converted here with T; Axolotl then finds enough rows and only re-ties weights.
-4. adapters → ``post_lora_load`` → ``post_model_load(cfg, model)``: freeze everything but the embeddings.
+4. adapters → ``post_lora_load`` → ``post_model_load(cfg, model)``: freeze everything but the embeddings
+   (with ``adapter: lora|qlora``: their ``modules_to_save`` copies, plus the body LoRA for ``lep.body: lora``;
+   plugin.adapters).
    Axolotl's ``unfrozen_parameters`` step comes after this hook; the plugin refuses that setting
    (args.yaml_conflicts), so nothing undoes the freezing.
 5. trainer built → ``add_callbacks_post_trainer`` (manifest into each checkpoint, per-rank run info, the
@@ -31,12 +33,16 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
+from lep_plugin.checkpoints.fingerprint import base_record
+from lep_plugin.checkpoints.model_config import embedding_parameters
 from lep_plugin.common.distributed import (
+    full_rows,
     full_tensor,
     gathered,
     is_main,
@@ -45,8 +51,13 @@ from lep_plugin.common.distributed import (
     world_size,
 )
 from lep_plugin.common.fs import write_json
-from lep_plugin.common.tokenizers import MANIFEST, read_manifest
-from lep_plugin.errors import settings_named
+from lep_plugin.common.tokenizers import MANIFEST, load_tokenizer, read_manifest
+from lep_plugin.errors import LEPError, LEPExit, settings_named
+from lep_plugin.plugin.adapters import (
+    check_embeddings_are_copies,
+    is_peft_model,
+    unfreeze_body_lora,
+)
 from lep_plugin.plugin.args import LEPConfig, parse_lep_block
 from lep_plugin.plugin.distributed import (
     NoGradStepCallback,
@@ -54,8 +65,11 @@ from lep_plugin.plugin.distributed import (
     cpu_ranks_for_accelerate,
     init_gloo_for_cpu_deepspeed,
 )
-from lep_plugin.plugin.eval_callback import eval_options
+from lep_plugin.plugin.eval_callback import build_eval_callback, eval_options
+from lep_plugin.plugin.freezing import ShardedRowMaskCallback, freeze_all_but_embeddings, mask_old_rows, new_token_rows
 from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
+from lep_plugin.publish.outputs import finish_training_output
+from lep_plugin.vocab.convert import convert_embeddings
 from lep_plugin.vocab.report import few_new_tokens_warning
 
 
@@ -65,7 +79,6 @@ def _user_errors(hook):
 
     @functools.wraps(hook)
     def wrapper(*args, **kwargs):
-        from lep_plugin.errors import LEPError, LEPExit
 
         try:
             return hook(*args, **kwargs)
@@ -86,16 +99,17 @@ def _unwrap(model):
 
 
 class ManifestCallback(TrainerCallback):
-    """Writes ``lep_vocab.json`` into every checkpoint (the trainer already saves the tokenizer there)."""
+    """Writes ``lep_vocab.json`` into every checkpoint (the trainer already saves the tokenizer there).
+    ``manifest`` is called on the main process only: it reads the base model's files for its fingerprint."""
 
-    def __init__(self, manifest: dict):
+    def __init__(self, manifest: Callable[[], dict]):
         self.manifest = manifest
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                write_json(checkpoint / MANIFEST, self.manifest)
+                write_json(checkpoint / MANIFEST, self.manifest())
         return control
 
 
@@ -109,7 +123,6 @@ class RunInfoCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        from lep_plugin.checkpoints.model_config import embedding_parameters
 
         if model is not None and world_size() > 1:  # one process has nothing to compare with
             params = embedding_parameters(_unwrap(model))
@@ -178,8 +191,6 @@ class LEPPlugin(BasePlugin):
             return
         if getattr(model, "_lep_vocab", None) == self.plan.fingerprint:
             return
-        from lep_plugin.common.tokenizers import load_tokenizer
-        from lep_plugin.vocab.convert import convert_embeddings
 
         new_tok = load_tokenizer(self.plan.new_tokenizer)
         old_tok = load_tokenizer(self.plan.old_tokenizer)
@@ -204,14 +215,10 @@ class LEPPlugin(BasePlugin):
         if self.gloo_deepspeed and world_size() > 1:
             callbacks.append(NoGradStepCallback(trainer))
         if self.row_mask is not None:
-            from lep_plugin.plugin.freezing import ShardedRowMaskCallback
-
             callbacks.append(ShardedRowMaskCallback(self.row_mask))
         if self.plan is not None:
-            callbacks.append(ManifestCallback(self.output_manifest()))
+            callbacks.append(ManifestCallback(functools.partial(self.output_manifest, cfg)))
         if self.eval_options is not None:
-            from lep_plugin.plugin.eval_callback import build_eval_callback
-
             tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
             with settings_named("yaml", "lep.eval"):
                 callbacks.append(build_eval_callback(self.eval_options, tokenizer, cfg["output_dir"], trainer=trainer))
@@ -228,34 +235,39 @@ class LEPPlugin(BasePlugin):
             return
         output = Path(cfg["output_dir"])
         if output.is_dir():
-            write_json(output / MANIFEST, self.output_manifest())
-            from lep_plugin.publish.outputs import finish_training_output
+            write_json(output / MANIFEST, self.output_manifest(cfg))
 
             finish_training_output(cfg, self.plan, log_rank)  # model card and original_tokenizer/
 
-    def output_manifest(self) -> dict:
-        """The vocabulary's manifest plus what this run trained: ``lep-merge`` reads it to know, without
-        comparing every tensor, that the transformer body is the base model's."""
-        return {**read_manifest(self.plan.new_tokenizer), "plugin": {"train": self.config.train}}
+    def output_manifest(self, cfg) -> dict:
+        """The vocabulary's manifest plus what this run trained and the fingerprint of the base model it
+        started from (read from its files, so the same under ZeRO-3/FSDP): ``lep-merge`` reads them to know,
+        without comparing every tensor, that the transformer body is the ``--base`` model's."""
+        base = base_record(str(cfg.get("base_model")), cfg.get("revision_of_model"))
+        if "unavailable" in base:
+            log_rank(
+                f"no fingerprint of the base model in the manifest ({base['unavailable']}): "
+                "lep-merge will compare every tensor"
+            )
+        plugin = {"train": self.config.train, "body": self.config.body, "base": base}
+        return {**read_manifest(self.plan.new_tokenizer), "plugin": plugin}
 
     # ------------------------------------------------------------------------------------------------
     def _freeze(self, model, report: bool) -> None:
         if self.config is None or self.config.train == "off":
             return
-        from lep_plugin.plugin.freezing import (
-            freeze_all_but_embeddings,
-            mask_old_rows,
-            new_token_rows,
-        )
 
         model = _unwrap(model)
         names = freeze_all_but_embeddings(model)
+        if is_peft_model(model):  # `adapter: lora|qlora`: args.adapter_conflicts allowed it
+            check_embeddings_are_copies(model, names)
+            if self.config.body == "lora":
+                names = names + [f"the body LoRA ({len(unfreeze_body_lora(model))} matrices)"]
         if self.config.train == "new_rows":
-            from lep_plugin.common.distributed import full_rows
-            from lep_plugin.common.tokenizers import load_tokenizer
-
             rows = full_rows(model.get_input_embeddings().weight)
-            mask = new_token_rows(load_tokenizer(self.plan.new_tokenizer), load_tokenizer(self.plan.old_tokenizer), rows)
+            mask = new_token_rows(
+                load_tokenizer(self.plan.new_tokenizer), load_tokenizer(self.plan.old_tokenizer), rows
+            )
             mask_old_rows(model, mask)
             self.row_mask = mask
             message = f"training {int(mask.sum())} new-token rows of {', '.join(names)}; everything else frozen"

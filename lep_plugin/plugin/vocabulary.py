@@ -17,6 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from lep_plugin.common.corpus import checked_corpus
 from lep_plugin.common.distributed import rank
 from lep_plugin.common.fs import atomic_output_dir, write_json
 from lep_plugin.common.tokenizers import (
@@ -27,6 +28,7 @@ from lep_plugin.common.tokenizers import (
 )
 from lep_plugin.errors import LEPError
 from lep_plugin.plugin.args import VocabSection
+from lep_plugin.vocab.build import build_vocabulary
 
 LOG = logging.getLogger("lep_plugin")
 CACHE_PREFIX = "lep-vocab-"
@@ -99,9 +101,7 @@ def check_special_tokens(new_tok, old_tok, where: str) -> None:
     missing = [t.content for t in old_tok.added_tokens_decoder.values() if t.special and t.content not in new_added]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise LEPError(
-            f"lep.vocab.tokenizer {where} lacks {len(missing)} special token(s) of the base model: {shown}"
-        )
+        raise LEPError(f"lep.vocab.tokenizer {where} lacks {len(missing)} special token(s) of the base model: {shown}")
 
 
 @dataclass(frozen=True)
@@ -128,19 +128,18 @@ def locate_vocabulary(cfg: dict[str, Any], section: VocabSection, memo: bool = F
     root = cache_root(cfg, section)
     if section.tokenizer is not None:
         return _ready_vocabulary(Path(section.tokenizer), old_source, old_tok, old_fp, root, old_dir)
-    from lep_plugin.common.corpus import check_corpus, corpus_fingerprint, expand_corpus
-    from lep_plugin.vocab.build import build_vocabulary
-
     options = section.build_options()
-    files = expand_corpus(section.corpus or [])
-    check_corpus(files, options.text_field)
-    corpus = corpus_fingerprint(files, options.text_field, options.max_chars, memo_dir=root if memo else None)
-    key = _digest("build", old_fp, corpus, options.model_dump_json())
+    corpus = checked_corpus(
+        section.corpus or [], options.text_field, options.max_chars, memo_dir=root if memo else None
+    )
+    key = _digest("build", old_fp, corpus.fingerprint, options.model_dump_json())
 
     def build(output: Path) -> None:
-        build_vocabulary(old_dir, files, options, output, corpus_hash=corpus)
+        build_vocabulary(old_dir, corpus, options, output)
 
-    described = f"{options.method} vocabulary (vocab_size {options.vocab_size:,}) from {len(files)} corpus file(s)"
+    described = (
+        f"{options.method} vocabulary (vocab_size {options.vocab_size:,}) from {len(corpus.files)} corpus file(s)"
+    )
     return VocabTarget(old_dir, root / f"{CACHE_PREFIX}{key}", build, described)
 
 
@@ -173,11 +172,15 @@ def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
     if located.build is None:
         LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", rank(), located.old_dir)
         tok = load_tokenizer(located.old_dir)
-        return VocabPlan(located.old_dir, located.old_dir, fingerprint_tokenizer(tok), built=False, already_converted=True)
+        return VocabPlan(
+            located.old_dir, located.old_dir, fingerprint_tokenizer(tok), built=False, already_converted=True
+        )
     located.target.parent.mkdir(parents=True, exist_ok=True)
     built = _build_once(located.target, located.build)
     new_tok = load_tokenizer(located.target)
-    return VocabPlan(located.old_dir, located.target, fingerprint_tokenizer(new_tok), built=built, already_converted=False)
+    return VocabPlan(
+        located.old_dir, located.target, fingerprint_tokenizer(new_tok), built=built, already_converted=False
+    )
 
 
 def _build_once(target: Path, build) -> bool:

@@ -9,9 +9,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath
 
 from lep_plugin.common.devices import DEVICE_PATTERN
 from lep_plugin.math.operator import Weighting
-from lep_plugin.publish.card import check_eval_json
+from lep_plugin.propagation.methods import METHODS
+from lep_plugin.publish.card import check_eval_json, check_hub_id
 
-MergeMethod = Literal["swap", "overlap", "conversion", "all"]
+MergeMethod = Literal[(*METHODS, "all")]  # the registry's names, or every one of them
 
 
 class MergeOptions(BaseModel):
@@ -19,11 +20,24 @@ class MergeOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base: Path = Field(description="original base model (HF dir, Axolotl output/checkpoint dir, DeepSpeed dir)")
-    instruct: Path = Field(description="original instruct model (HF dir): its layers, added tokens and chat template are kept")
-    adapted: Path = Field(description="adapted base model with the new vocabulary and trained embeddings (any input kind)")
+    base: Path | None = Field(
+        default=None,
+        description="original base model (HF dir, Axolotl output/checkpoint dir, DeepSpeed dir); required, except "
+        "for a PEFT adapter as --adapted whose adapter_config.json names a local base dir",
+    )
+    instruct: Path = Field(
+        description="original instruct model (HF dir): its layers, added tokens and chat template are kept"
+    )
+    adapted: Path = Field(
+        description="adapted base model with the new vocabulary and trained embeddings (any input kind)"
+    )
     output: Path = Field(description="output model dir (written atomically)")
-    method: MergeMethod = Field(default="conversion", description="how P is fitted; 'all' writes one model per method")
+    method: MergeMethod = Field(
+        default="conversion",
+        description="how P is fitted: "
+        + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+        + "; all: one model per method",
+    )
     adapted_tokenizer: Path | None = Field(default=None, description="new tokenizer dir, if not inside the adapted dir")
     weighting: Weighting = Field(default="mean", description="vocabulary operator weights (conversion)")
     block_rows: int = Field(default=8192, ge=16, description="rows per block of the streamed fit")
@@ -33,8 +47,38 @@ class MergeOptions(BaseModel):
         description="where the fit (float64 normal equations), the solve and adapted·P run: auto (a GPU if there "
         "is one), cpu, cuda or cuda:N; falls back to the CPU when the GPU lacks the free memory",
     )
-    sample_text: Path | None = Field(default=None, description="text/.jsonl file to measure characters per token before/after")
-    eval_json: Annotated[FilePath, AfterValidator(check_eval_json)] | None = Field(default=None, description="`lep eval --json` file whose table goes into the model card (README.md)")
+    precision: Literal["auto", "exact"] = Field(
+        default="auto",
+        description="the fit's arithmetic: auto (float32 when the output is 16-bit and the condition estimate "
+        "shows that leaves the stored result unchanged, else float64), exact (float64 always)",
+    )
+    sample_text: Path | None = Field(
+        default=None, description="text/.jsonl file to measure characters per token before/after"
+    )
+    eval_json: Annotated[FilePath, AfterValidator(check_eval_json)] | None = Field(
+        default=None, description="`lep eval --json` file whose table goes into the model card (README.md)"
+    )
+    base_model_id: Annotated[str, AfterValidator(check_hub_id)] | None = Field(
+        default=None,
+        description="Hub id (org/name) of the instruct model, for the model card's `base_model` (default: from the "
+        "instruct dir's Hugging Face cache path or its config's `_name_or_path`)",
+    )
+    language: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]+)?$")]] | None = Field(
+        default=None,
+        description="language code(s) for the model card, e.g. ru (repeatable; default: the instruct model card's, "
+        "else detected from the vocabulary's corpus)",
+    )
+    lora_scale: float = Field(
+        default=1.0,
+        ge=0,
+        description="a LoRA donor (--adapted is a PEFT adapter): its body LoRA goes onto the instruct layers as "
+        "W + s·(α/r)·B·A (0: embeddings only; the authors' alpha_scale is 1/s)",
+    )
+    lora_output: Literal["merge", "adapter"] = Field(
+        default="merge",
+        description="a LoRA donor's body LoRA: merged into the instruct weights, or written as a PEFT adapter of the "
+        "output model (its body_lora/ dir)",
+    )
     check_adapted: bool = Field(
         default=True,
         description="refuse an adapted model that is not an LEP embedding-only run: the base model's vocabulary, "

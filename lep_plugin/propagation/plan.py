@@ -4,6 +4,7 @@ configs and tokenizers only), the matrices to change, the added tokens to keep, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +12,24 @@ import torch
 
 from lep_plugin.checkpoints.base import Checkpoint, itemsize, resolve_name
 from lep_plugin.checkpoints.discover import open_checkpoint, resolve_model_dir
+from lep_plugin.checkpoints.fingerprint import body_names, fingerprint, first_mismatch
 from lep_plugin.checkpoints.model_config import (
     EmbeddingNames,
     embedding_names,
     load_config,
 )
+from lep_plugin.checkpoints.peft import AdapterCheckpoint, resolve_adapter_dir
 from lep_plugin.common.fs import check_no_overlap, check_output_dir
 from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
 from lep_plugin.errors import LEPError
+from lep_plugin.propagation.lora import BodyLora, donor_body_lora, with_adapter_base
 from lep_plugin.propagation.methods import methods_of
 from lep_plugin.propagation.options import MergeOptions
+from lep_plugin.publish.card import known_hub_id, unknown_hub_id_warning
 
 # adapted rows beyond its tokenizer are accepted as padding (Qwen pads 151,665 ids to 151,936 rows)
 MAX_PADDING_ROWS = 1024
-ROLES = ("base", "instruct", "adapted")
+ROLES = ("base", "instruct", "adapted")  # the input models, in the order plans and reports list them
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,9 @@ class Model:
 
 @dataclass(frozen=True)
 class Matrix:
-    """One matrix to propagate ("input" or "output" embeddings): its stored name and shape per input."""
+    """One matrix to propagate (the input or the output embeddings): its stored name and shape per input."""
 
-    role: str
+    side: str  # "input" (embed_tokens) or "output" (lm_head); a model's place in LEP is its ``role``
     names: dict[str, str]  # input role -> tensor name as stored
     shapes: dict[str, tuple[int, ...]]
     dtype: torch.dtype  # the instruct model's (the output keeps it)
@@ -75,10 +80,23 @@ class Plan:
     out_rows: int
     methods: list[str]
     notes: list[str] = field(default_factory=list)
+    body_lora: BodyLora | None = None  # a LoRA donor's body LoRA, carried onto the instruct layers
 
     @property
     def tied(self) -> bool:
         return self.models["instruct"].names.tied
+
+    # Sizes asked once: transformers 5's ``len(tokenizer)`` recounts the vocabulary with its added tokens
+    # on every call (59 ms at 158k tokens), so a ``len()`` per added token cost two minutes (issue 22).
+    @cached_property
+    def new_size(self) -> int:
+        """Tokens of the new (adapted) tokenizer, added tokens included."""
+        return len(self.new_tok)
+
+    @cached_property
+    def old_size(self) -> int:
+        """Tokens of the old (base) tokenizer, added tokens included."""
+        return len(self.old_tok)
 
     @property
     def instruct_dir(self) -> Path:
@@ -90,17 +108,22 @@ class Plan:
     def describe(self) -> str:
         lines = ["lep-merge plan"]
         lines += [f"  {role:9s} {self.checkpoint(role).describe()}" for role in ROLES]
-        lines.append(f"  tokenizer {self.new_tokenizer_dir} ({len(self.new_tok)} tokens; old vocabulary {len(self.old_tok)})")
+        lines.append(f"  tokenizer {self.new_tokenizer_dir} ({self.new_size} tokens; old vocabulary {self.old_size})")
         lines.append(f"  methods   {', '.join(self.methods)}   tied embeddings: {self.tied}")
         for m in self.matrices:
             lines.append(
                 f"  change    {m.names['instruct']} {list(m.shapes['instruct'])} -> [{self.out_rows}, {m.dim}] "
-                f"{str(m.dtype).removeprefix('torch.')}  (base {m.names['base']}, adapted {m.names['adapted']} {list(m.shapes['adapted'])})"
+                f"{str(m.dtype).removeprefix('torch.')}  (base {m.names['base']}, "
+                f"adapted {m.names['adapted']} {list(m.shapes['adapted'])})"
             )
-        appended = sum(1 for a in self.added if a.new_id >= len(self.new_tok))
-        lines.append(f"  added tokens kept with instruct rows: {len(self.added)} ({appended} appended to the vocabulary)")
+        appended = sum(1 for a in self.added if a.new_id >= self.new_size)
+        lines.append(
+            f"  added tokens kept with instruct rows: {len(self.added)} ({appended} appended to the vocabulary)"
+        )
         lines.append(f"  output    {self.options.output}  ~{self.output_bytes() * len(self.methods) / 1e9:.2f} GB")
         lines.append(f"  memory    ~{self.memory_estimate() / 1e9:.2f} GB peak (estimate)")
+        if self.body_lora is not None:
+            lines.append(f"  carry     {self.body_lora.describe()}")
         lines.extend(f"  note      {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -122,21 +145,37 @@ class Plan:
 
 def plan_merge(options: MergeOptions) -> Plan:
     """Check all inputs and decide what will be written; reads headers, configs and tokenizers only."""
+    options = with_adapter_base(options)  # a LoRA donor names its base
     _check_paths(options)
     models = _open_models(options)
+    body_lora = donor_body_lora(options, models)
     instruct_tok, old_tok, new_tok_dir, new_tok = _tokenizers(options, models)
-    matrices = [_matrix(role, models, old_tok, new_tok, new_tok_dir) for role in _roles(models["instruct"].names)]
+    matrices = [_matrix(side, models, old_tok, new_tok, new_tok_dir) for side in _sides(models["instruct"].names)]
     if len({m.shapes["adapted"][0] for m in matrices}) != 1:
         raise LEPError("adapted input and output embeddings have different numbers of rows")
     if options.check_adapted:
         check_adapted(models, old_tok, new_tok)
     added = _added_tokens(instruct_tok, new_tok)
     out_rows = max([matrices[0].shapes["adapted"][0], len(new_tok)] + [a.new_id + 1 for a in added])
-    notes = [f"{role} read from {models[role].weights_dir}" for role in ("base", "adapted") if models[role].weights_dir != models[role].given]
+    notes = [
+        f"{role} read from {models[role].weights_dir}"
+        for role in ("base", "adapted")
+        if models[role].weights_dir != models[role].given
+    ]
+    notes += [note for note in (same_weights_note(models), card_base_model_note(options, models)) if note]
     return Plan(
-        options=options, models=models, old_tok=old_tok, instruct_tok=instruct_tok, new_tok=new_tok,
-        new_tokenizer_dir=new_tok_dir, matrices=matrices, added=added, out_rows=out_rows,
-        methods=methods_of(options.method), notes=notes,
+        options=options,
+        models=models,
+        old_tok=old_tok,
+        instruct_tok=instruct_tok,
+        new_tok=new_tok,
+        new_tokenizer_dir=new_tok_dir,
+        matrices=matrices,
+        added=added,
+        out_rows=out_rows,
+        methods=methods_of(options.method),
+        notes=notes,
+        body_lora=body_lora,
     )
 
 
@@ -152,17 +191,25 @@ def _check_paths(options: MergeOptions) -> None:
 
 def _open_models(options: MergeOptions) -> dict[str, Model]:
     models: dict[str, Model] = {}
-    for role in ("instruct", "base", "adapted"):
+    for role in ROLES:  # base before adapted: a bare DeepSpeed or adapter dir takes the base's config
         given = Path(getattr(options, role))
-        weights_dir = resolve_model_dir(given, role)
+        adapter_dir = resolve_adapter_dir(given) if role == "adapted" else None  # a LoRA donor
+        weights_dir = adapter_dir or resolve_model_dir(given, role)
         # the instruct model's 16-bit HF weights are what it is; the others' fp32 DeepSpeed masters win
-        checkpoint = open_checkpoint(weights_dir, role, prefer_deepspeed=role != "instruct")
+        checkpoint = (
+            AdapterCheckpoint(adapter_dir)
+            if adapter_dir
+            else open_checkpoint(weights_dir, role, prefer_deepspeed=role != "instruct")
+        )
         if role == "instruct" and checkpoint.kind == "deepspeed":
-            raise LEPError(f"instruct {given} is a DeepSpeed checkpoint without HF weights; the instruct model must be an HF model dir")
+            raise LEPError(
+                f"instruct {given} is a DeepSpeed checkpoint without HF weights; "
+                "the instruct model must be an HF model dir"
+            )
         config_dir = next((d for d in (weights_dir, given) if (d / "config.json").is_file()), None)
         if config_dir is not None or role != "adapted":
             config = load_config(config_dir or given, role)
-        else:  # a bare DeepSpeed dir: the adapted model is the base model's architecture
+        else:  # a bare DeepSpeed or adapter dir: the adapted model is the base model's architecture
             config = models["base"].config
         models[role] = Model(role, given, weights_dir, checkpoint, config, embedding_names(config))
     _check_same_architecture(models)
@@ -194,12 +241,16 @@ def _tokenizer_dir(*candidates: Path | None) -> Path:
 
 def _tokenizers(options: MergeOptions, models: dict[str, Model]):
     """Instruct (added tokens, chat template), old (base, else instruct) and new (adapted) tokenizers."""
-    instruct, base, adapted = (models[r] for r in ("instruct", "base", "adapted"))
+    base, instruct, adapted = (models[r] for r in ROLES)
     instruct_tok = load_tokenizer(_tokenizer_dir(instruct.weights_dir, instruct.given))
     base_tok_dir = _tokenizer_dir(base.weights_dir, base.given)
     old_tok = load_tokenizer(base_tok_dir) if (base_tok_dir / "tokenizer.json").is_file() else instruct_tok
-    if old_tok.backend_tokenizer.get_vocab(with_added_tokens=False) != instruct_tok.backend_tokenizer.get_vocab(with_added_tokens=False):
-        raise LEPError("base and instruct have different old vocabularies (their tokenizers differ beyond added tokens)")
+    if old_tok.backend_tokenizer.get_vocab(with_added_tokens=False) != instruct_tok.backend_tokenizer.get_vocab(
+        with_added_tokens=False
+    ):
+        raise LEPError(
+            "base and instruct have different old vocabularies (their tokenizers differ beyond added tokens)"
+        )
     new_tok_dir = _tokenizer_dir(options.adapted_tokenizer, adapted.weights_dir, adapted.given)
     return instruct_tok, old_tok, new_tok_dir, load_tokenizer(new_tok_dir)
 
@@ -211,17 +262,69 @@ def check_adapted(models: dict[str, Model], old_tok, new_tok) -> None:
     """Refuse an adapted model that an LEP run did not make: Axolotl silently drops the ``lep:`` block of
     a YAML that does not load the plugin, and then trains every weight with the old vocabulary."""
     adapted, base = models["adapted"], models["base"]
-    if new_tok.backend_tokenizer.get_vocab(with_added_tokens=False) == old_tok.backend_tokenizer.get_vocab(with_added_tokens=False):
-        raise LEPError(f"adapted {adapted.given} has the base model's vocabulary ({len(old_tok):,} tokens), not a new one: {PLUGIN_NOT_LOADED}")
+    if new_tok.backend_tokenizer.get_vocab(with_added_tokens=False) == old_tok.backend_tokenizer.get_vocab(
+        with_added_tokens=False
+    ):
+        raise LEPError(
+            f"adapted {adapted.given} has the base model's vocabulary ({len(old_tok):,} tokens), "
+            f"not a new one: {PLUGIN_NOT_LOADED}"
+        )
     manifest = read_manifest(adapted.weights_dir) or read_manifest(adapted.given) or {}
-    if manifest.get("plugin", {}).get("train") in ("embeddings", "new_rows"):
-        return  # the plugin froze the body itself: no need to compare every tensor
-    changed = first_changed_tensor(base, adapted)
+    plugin = manifest.get("plugin") or {}
+    recorded = plugin.get("base") or {}
+    frozen = plugin.get("train") in ("embeddings", "new_rows")
+    if recorded.get("tensors"):
+        check_recorded_base(base, adapted, recorded)
+        if frozen:
+            return  # the right base, and the plugin froze the body itself: no need to compare every tensor
+    if adapted.checkpoint.kind == AdapterCheckpoint.kind:
+        return  # a LoRA donor: its body is the base's plus the LoRA that lep-merge carries (lora.plan_body_lora)
+    changed = first_changed_tensor(base, adapted)  # no fingerprint (made before it was recorded): compare all
+    if changed is not None and frozen:
+        raise LEPError(
+            f"adapted {adapted.given}: transformer tensor {changed} differs from base {base.given}'s, so the run did "
+            f"not start from this base model: pass the base model it was trained from as --base{NO_CHECK}"
+        )
     if changed is not None:
         raise LEPError(
             f"adapted {adapted.given}: transformer tensor {changed} differs from the base model's, but LEP trains "
             f"only the embeddings: {PLUGIN_NOT_LOADED}"
         )
+
+
+NO_CHECK = " (--no-check-adapted merges it anyway)"
+
+
+def check_recorded_base(base: Model, adapted: Model, recorded: dict[str, Any]) -> None:
+    """Refuse a ``--base`` whose body is not the one the plugin run's manifest fingerprinted."""
+    mismatch = first_mismatch(base.checkpoint, recorded["tensors"], "base")
+    if mismatch is not None:
+        raise LEPError(
+            f"adapted {adapted.given} was trained from {recorded.get('model') or 'another model'}, whose transformer "
+            f"layers differ from base {base.given}'s (tensor {mismatch}): pass the base model that run started "
+            f"from as --base{NO_CHECK}"
+        )
+
+
+def same_weights_note(models: dict[str, Model]) -> str | None:
+    """A warning when ``--base`` and ``--instruct`` hold the same body (one layer's tensors compared)."""
+    base, instruct = models["base"], models["instruct"]
+    embeddings = [resolve_name(base.checkpoint, n, "base") for n in (base.names.input, base.names.output) if n]
+    digests = fingerprint(base.checkpoint, body_names(base.checkpoint, embeddings))
+    if first_mismatch(instruct.checkpoint, digests, "instruct") is not None:
+        return None
+    return (
+        f"WARNING: base {base.given} and instruct {instruct.given} hold the same weights: LEP needs the base model "
+        "the instruct model was tuned from (with one model twice the fit is the identity and nothing is corrected)"
+    )
+
+
+def card_base_model_note(options: MergeOptions, models: dict[str, Model]) -> str | None:
+    """Said before the work: the card's ``base_model`` (the instruct model's Hub id) will be a TODO."""
+    instruct = models["instruct"].given
+    if options.base_model_id or known_hub_id(instruct):
+        return None
+    return unknown_hub_id_warning("instruct", instruct, "pass --base-model-id ORG/NAME")
 
 
 def first_changed_tensor(base: Model, adapted: Model) -> str | None:
@@ -240,27 +343,34 @@ def first_changed_tensor(base: Model, adapted: Model) -> str | None:
     return None
 
 
-def _roles(names: EmbeddingNames) -> tuple[str, ...]:
+def _sides(names: EmbeddingNames) -> tuple[str, ...]:
     return ("input",) if names.tied else ("input", "output")  # tied: one matrix, one fit
 
 
-def _matrix(role: str, models: dict[str, Model], old_tok, new_tok, new_tok_dir: Path) -> Matrix:
+def _matrix(side: str, models: dict[str, Model], old_tok, new_tok, new_tok_dir: Path) -> Matrix:
     names, shapes = {}, {}
     for what, model in models.items():
-        wanted = model.names.input if role == "input" or model.names.tied else model.names.output
+        wanted = model.names.input if side == "input" or model.names.tied else model.names.output
         names[what] = resolve_name(model.checkpoint, wanted, what)
         shapes[what] = tuple(model.checkpoint.shape(names[what]))
         if len(shapes[what]) != 2:
             raise LEPError(f"{what} tensor {names[what]} is not a matrix (shape {list(shapes[what])})")
     d = shapes["instruct"][1]
     if shapes["base"][1] != d or shapes["adapted"][1] != d:
-        raise LEPError(f"hidden sizes differ: base {shapes['base'][1]}, instruct {d}, adapted {shapes['adapted'][1]} ({role} embeddings)")
+        raise LEPError(
+            f"hidden sizes differ: base {shapes['base'][1]}, instruct {d}, adapted {shapes['adapted'][1]} "
+            f"({side} embeddings)"
+        )
     if shapes["base"][0] < len(old_tok) or shapes["instruct"][0] < len(old_tok):
-        raise LEPError(f"base/instruct {role} embeddings have fewer rows than the old tokenizer's {len(old_tok)} tokens")
+        raise LEPError(
+            f"base/instruct {side} embeddings have fewer rows than the old tokenizer's {len(old_tok)} tokens"
+        )
     rows = shapes["adapted"][0]
     if rows < len(new_tok) or rows - len(new_tok) > MAX_PADDING_ROWS:
-        raise LEPError(f"adapted {role} embeddings have {rows} rows but its tokenizer ({new_tok_dir}) has {len(new_tok)} tokens")
-    return Matrix(role, names, shapes, models["instruct"].checkpoint.dtype(names["instruct"]))
+        raise LEPError(
+            f"adapted {side} embeddings have {rows} rows but its tokenizer ({new_tok_dir}) has {len(new_tok)} tokens"
+        )
+    return Matrix(side, names, shapes, models["instruct"].checkpoint.dtype(names["instruct"]))
 
 
 def _added_tokens(instruct_tok, new_tok) -> list[AddedToken]:

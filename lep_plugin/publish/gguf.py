@@ -37,6 +37,7 @@ from lep_plugin.common.fs import (
 from lep_plugin.common.tokenizers import MANIFEST, read_manifest, tokenizer_style
 from lep_plugin.errors import LEPError
 from lep_plugin.publish.llama_cpp import find_llama_cpp
+from lep_plugin.publish.sentencepiece import sentencepiece_model
 
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
 ORIGINAL_TOKENIZER = "original_tokenizer"  # the tokenizer before LEP, saved into LEP outputs
@@ -52,9 +53,24 @@ class GGUFOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     output: Path = Field(description="GGUF file to write (atomically)")
-    outtype: OutType = Field(default="f16", description="tensor type: f32, f16, bf16 or q8_0 (other quantisations: llama.cpp's llama-quantize)")
-    llama_cpp: Path | None = Field(default=None, description="llama.cpp checkout whose converter to run (default: $LLAMA_CPP_DIR, else the one in the llama-cpp-python sdist, fetched once into ~/.cache/lep-plugin)")
-    original_tokenizer: Path | None = Field(default=None, description="tokenizer of the model before LEP (default: MODEL_DIR/original_tokenizer, or the old tokenizer its lep_vocab.json names)")
+    outtype: OutType = Field(
+        default="f16",
+        description="tensor type: f32, f16, bf16 or q8_0 (other quantisations: llama.cpp's llama-quantize)",
+    )
+    llama_cpp: Path | None = Field(
+        default=None,
+        description=(
+            "llama.cpp checkout whose converter to run (default: $LLAMA_CPP_DIR, else the one in the "
+            "llama-cpp-python sdist, fetched once into ~/.cache/lep-plugin)"
+        ),
+    )
+    original_tokenizer: Path | None = Field(
+        default=None,
+        description=(
+            "tokenizer of the model before LEP (default: MODEL_DIR/original_tokenizer, "
+            "or the old tokenizer its lep_vocab.json names)"
+        ),
+    )
     force: bool = Field(default=False, description="replace an existing output file")
 
 
@@ -122,14 +138,16 @@ def unmerged_pieces(spec: dict[str, Any]) -> int:
     vocab = spec["model"]["vocab"]
     merges = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])}
     return sum(
-        any(token[:k] in vocab and token[k:] in vocab and (token[:k], token[k:]) not in merges for k in range(1, len(token)))
+        any(
+            token[:k] in vocab and token[k:] in vocab and (token[:k], token[k:]) not in merges
+            for k in range(1, len(token))
+        )
         for token in vocab
     )
 
 
 def plan_export(model_dir: Path, original: Path | None = None) -> ExportPlan:
     """Decide what the converter gets besides the model's own files (reads tokenizer files only)."""
-    from lep_plugin.publish.sentencepiece import sentencepiece_model
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -144,7 +162,10 @@ def plan_export(model_dir: Path, original: Path | None = None) -> ExportPlan:
         style = None
     plan = ExportPlan(model_dir, lep, style)
     if not lep:
-        plan.notes.append(f"{model_dir} is not an LEP output (no {MANIFEST} or {MERGE_REPORT}): converted by llama.cpp's converter as it is")
+        plan.notes.append(
+            f"{model_dir} is not an LEP output (no {MANIFEST} or {MERGE_REPORT}): "
+            "converted by llama.cpp's converter as it is"
+        )
     if style == "sentencepiece":
         _plan_sentencepiece(plan, spec, sentencepiece_model)
     if style == "byte_level" and lep:
@@ -161,7 +182,9 @@ def plan_export(model_dir: Path, original: Path | None = None) -> ExportPlan:
                 "the original's llama.cpp identity cannot be carried over"
             )
         plan.original_tokenizer = found
-        plan.notes.append(f"byte-level vocabulary: llama.cpp's pre-tokenizer name taken from the original tokenizer {found}")
+        plan.notes.append(
+            f"byte-level vocabulary: llama.cpp's pre-tokenizer name taken from the original tokenizer {found}"
+        )
     return plan
 
 
@@ -174,13 +197,18 @@ def _plan_sentencepiece(plan: ExportPlan, spec: dict[str, Any], build) -> None:
     config_path = model_dir / "tokenizer_config.json"
     config = read_json(config_path, "tokenizer config") if config_path.is_file() else {}
     try:
-        plan.sentencepiece_model = build(spec, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
+        plan.sentencepiece_model = build(
+            spec, _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
+        )
     except LEPError as err:
         if plan.lep:
             raise
         plan.notes.append(f"no {SP_MODEL} could be written ({err}); the converter reads tokenizer.json")
         return
-    plan.notes.append(f"SentencePiece-style vocabulary: {SP_MODEL} written from tokenizer.json for the converter (pieces scored by merge order)")
+    plan.notes.append(
+        f"SentencePiece-style vocabulary: {SP_MODEL} written from tokenizer.json for the converter "
+        "(pieces scored by merge order)"
+    )
     loose = unmerged_pieces(spec)
     if loose:
         plan.notes.append(
@@ -203,19 +231,45 @@ def _stage(plan: ExportPlan, staging: Path) -> None:
 
 
 _NOT_SUPPORTED = re.compile(r"Model (\S+) is not supported")
+_CHECK_HASH = re.compile(r"chkhsh:\s*([0-9a-f]{64})")
+# llama.cpp names a byte-level pre-tokenizer by a hash of the token ids a tokenizer gives a test text,
+# listed for published models only: a tokenizer outside that list cannot get a name, whatever LEP does
+_UNLISTED = (
+    "llama.cpp knows a byte-level pre-tokenizer only by the hash of a published model's tokenizer, so one "
+    "outside its list (a tokenizer you built, or a `lep tiny` layout) cannot be exported; export a model "
+    "on a published tokenizer, or add the hash{hash} to get_vocab_base_pre() in a llama.cpp checkout "
+    "and pass --llama-cpp DIR"
+)
 
 
-def _converter_error(lines: list[str], model_dir: Path) -> LEPError:
+def _unknown_pre_tokenizer(plan: ExportPlan, text: str) -> LEPError:
+    """The converter found no name for the pre-tokenizer: say whose tokenizer it failed on and what helps."""
+    found = _CHECK_HASH.search(text)
+    unlisted = _UNLISTED.format(hash=f" {found.group(1)}" if found else "")
+    if plan.original_tokenizer is not None:
+        return LEPError(
+            f"llama.cpp's converter does not know the pre-tokenizer of {plan.model_dir}'s original tokenizer "
+            f"{plan.original_tokenizer} either: {unlisted}"
+        )
+    if not plan.lep:
+        return LEPError(
+            f"llama.cpp's converter does not know the pre-tokenizer of {plan.model_dir} (not an LEP output: "
+            f"no vocabulary change is the cause): {unlisted}"
+        )
+    return LEPError(
+        f"llama.cpp's converter does not recognise the pre-tokenizer of {plan.model_dir}; pass "
+        "--original-tokenizer DIR (the tokenizer before LEP)"
+    )
+
+
+def _converter_error(lines: list[str], plan: ExportPlan) -> LEPError:
     text = "\n".join(lines)
     if match := _NOT_SUPPORTED.search(text):
-        return LEPError(f"llama.cpp's converter does not know the architecture {match.group(1)} of {model_dir}")
+        return LEPError(f"llama.cpp's converter does not know the architecture {match.group(1)} of {plan.model_dir}")
     if "pre-tokenizer was not recognized" in text:
-        return LEPError(
-            f"llama.cpp's converter does not recognise the pre-tokenizer of {model_dir}; if the model's vocabulary "
-            "was changed, pass --original-tokenizer DIR (the tokenizer before the change)"
-        )
+        return _unknown_pre_tokenizer(plan, text)
     last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
-    return LEPError(f"llama.cpp's converter failed on {model_dir}: {last}")
+    return LEPError(f"llama.cpp's converter failed on {plan.model_dir}: {last}")
 
 
 def _run_converter(command: list[str], log: Callable[[str], None] | None) -> tuple[int, list[str]]:
@@ -254,11 +308,22 @@ def export_gguf(
         staged.mkdir()
         _stage(plan, staged)
         original = str(plan.original_tokenizer) if plan.original_tokenizer is not None else "-"
-        command = [sys.executable, "-m", "lep_plugin.publish.convert", str(llama.root), original, "--",
-                   str(staged), "--outfile", str(tmp), "--outtype", options.outtype]
+        command = [
+            sys.executable,
+            "-m",
+            "lep_plugin.publish.convert",
+            str(llama.root),
+            original,
+            "--",
+            str(staged),
+            "--outfile",
+            str(tmp),
+            "--outtype",
+            options.outtype,
+        ]
         code, lines = _run_converter(command, log)
         if code != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
-            raise _converter_error(lines, model_dir)
+            raise _converter_error(lines, plan)
         summary = describe_gguf(tmp)
     summary |= {"output": str(options.output), "converter": llama.origin, "notes": plan.notes}
     echo(

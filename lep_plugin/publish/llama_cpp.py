@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lep_plugin.common.fs import temp_dir
 from lep_plugin.errors import LEPError
 
 # The llama-cpp-python release whose vendored llama.cpp is used when no checkout is given.
@@ -84,8 +85,20 @@ def sdist() -> Path:
         if target.is_file():
             return target
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                       "--disable-pip-version-check", "-q", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", tmp]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                "-q",
+                f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                "-d",
+                tmp,
+            ]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
             except (OSError, subprocess.TimeoutExpired) as err:
@@ -114,14 +127,14 @@ def _extract(archive: Path, root: Path, parts: tuple[str, ...]) -> None:
         if (root / CONVERTER).is_file():
             return
         prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-        tmp = Path(tempfile.mkdtemp(prefix=".llama.cpp.tmp-", dir=root.parent))
+        tmp = temp_dir(".llama.cpp.tmp-", root.parent)  # the cache is readable like any install
         try:
             with tarfile.open(archive) as tar:
                 members = []
                 for member in tar.getmembers():
                     if not member.name.startswith(prefix):
                         continue
-                    rel = member.name[len(prefix):]
+                    rel = member.name[len(prefix) :]
                     if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in parts):
                         member.name = rel
                         members.append(member)
@@ -156,10 +169,21 @@ def built_bindings(echo=print) -> Path:
         if marker.is_file():
             return target
         echo(f"building llama-cpp-python {LLAMA_CPP_PYTHON} (llama.cpp for the CPU) into {target} ...")
-        tmp = Path(tempfile.mkdtemp(prefix=".built.tmp-", dir=target.parent))
+        tmp = temp_dir(".built.tmp-", target.parent)
         env = dict(os.environ, CMAKE_ARGS=BUILD_CMAKE_ARGS, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
-        command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-                   "--target", str(tmp), str(archive), "diskcache"]  # diskcache: the bindings' one missing import
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "--target",
+            str(tmp),
+            str(archive),
+            "diskcache",
+        ]  # diskcache: the bindings' one missing import
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:

@@ -3,6 +3,7 @@ the tokenizer before LEP (``original_tokenizer/``: llama.cpp names a byte-level 
 :mod:`lep_plugin.publish.gguf`); a ``lep-merge`` output also gets the vocabulary's ``lep_vocab.json``.
 
 * :func:`finish_merge_output` – called by ``lep-merge`` for each model it writes (inside its atomic dir);
+* :func:`merge_facts` – what ``lep-merge``'s cards state besides the fits, gathered once per merge;
 * :func:`finish_training_output` – called by the plugin's ``post_train`` on the main process (twice per
   run: the same files are written again).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from lep_plugin.common.tokenizers import (
     MANIFEST,
@@ -19,13 +19,19 @@ from lep_plugin.common.tokenizers import (
     load_tokenizer,
     read_manifest,
 )
+from lep_plugin.errors import LEPError
+from lep_plugin.propagation.fits import Fits
 from lep_plugin.publish.card import (
+    CardFacts,
+    card_languages,
     carried_metadata,
     eval_records,
+    known_hub_id,
     measure,
     merge_card,
     trainer_state,
     training_card,
+    unknown_hub_id_warning,
     write_card,
 )
 from lep_plugin.publish.gguf import ORIGINAL_TOKENIZER
@@ -44,50 +50,48 @@ def save_original_tokenizer(tokenizer, target: Path) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
-def _copy_manifest(sources: list[Path | None], target: Path) -> dict[str, Any] | None:
-    for source in sources:
-        if source is not None and (Path(source) / MANIFEST).is_file():
-            if Path(source).resolve() != Path(target).resolve():
-                shutil.copyfile(Path(source) / MANIFEST, Path(target) / MANIFEST)
-            return read_manifest(target)
-    return None
-
-
-def _measured(old_tok, new_tok, text: Path | None, manifest: dict[str, Any] | None):
-    """Characters per token before/after, once per (tokenizers, text) in a process: `lep-merge --method
-    all` writes three cards, the plugin's post_train runs twice."""
-    key = (fingerprint_tokenizer(old_tok), fingerprint_tokenizer(new_tok), str(text), tuple((manifest or {}).get("corpus") or ()))
-    if key not in _MEASURED:
-        _MEASURED[key] = measure(old_tok, new_tok, text, manifest)
-    return _MEASURED[key]
-
-
-_MEASURED: dict[tuple, Any] = {}
-
-
-def finish_merge_output(plan, method: str, target: Path, report: dict[str, Any]) -> None:
-    """Manifest, original tokenizer and model card of one ``lep-merge`` model in ``target``."""
+def _manifest_source(plan) -> Path | None:
+    """The dir whose ``lep_vocab.json`` a ``lep-merge`` output carries: the adapted model's, else its tokenizer's."""
     adapted = plan.models["adapted"]
-    manifest = _copy_manifest([adapted.given, adapted.weights_dir, plan.new_tokenizer_dir], target)
-    save_original_tokenizer(plan.instruct_tok, target)
+    candidates = (adapted.given, adapted.weights_dir, plan.new_tokenizer_dir)
+    return next((Path(c) for c in candidates if c is not None and (Path(c) / MANIFEST).is_file()), None)
+
+
+def merge_facts(plan) -> CardFacts:
+    """What the cards of one ``lep-merge`` state besides the fits, read and measured once for all the
+    methods it writes (characters per token: on ``--sample-text``, else in-sample on the vocabulary's corpus)."""
     options = plan.options
-    eval_json = getattr(options, "eval_json", None)
-    single = len(plan.methods) == 1
-    card = merge_card(
-        str(options.output) if single else str(Path(options.output) / method),
-        instruct=str(plan.models["instruct"].given),
+    if options.sample_text is not None and not Path(options.sample_text).is_file():
+        raise LEPError(f"sample text {options.sample_text} does not exist")
+    source = _manifest_source(plan)
+    manifest = read_manifest(source) if source is not None else None
+    instruct = plan.models["instruct"].given
+    metadata = carried_metadata(instruct)
+    return CardFacts(
         base=str(plan.models["base"].given),
-        method=method,
-        fits={role: fits[method] for role, fits in report["fits"].items()},
         manifest=manifest,
-        old_size=len(plan.old_tok),
-        new_size=len(plan.new_tok),
-        metadata=carried_metadata(plan.models["instruct"].given),
-        measured=_measured(plan.instruct_tok, plan.new_tok, options.sample_text, manifest),
-        state=trainer_state(adapted.given),
-        records=eval_records(eval_json) if eval_json is not None else None,
+        old_size=plan.old_size,
+        new_size=plan.new_size,
+        metadata=metadata,
+        base_model_id=options.base_model_id or known_hub_id(instruct),
+        languages=card_languages(options.language, metadata, manifest),
+        measured=measure(plan.instruct_tok, plan.new_tok, options.sample_text, manifest),
+        state=trainer_state(plan.models["adapted"].given),
+        instruct=str(instruct),
+        records=eval_records(options.eval_json) if options.eval_json is not None else None,
+        body_lora=plan.body_lora.report() if plan.body_lora is not None else None,
     )
-    write_card(target, card, force=True)  # a fresh output dir: nothing of the user's is there
+
+
+def finish_merge_output(plan, method: str, target: Path, facts: CardFacts, fits: Fits) -> None:
+    """Manifest, original tokenizer and model card of one ``lep-merge`` model in ``target``."""
+    source = _manifest_source(plan)
+    if source is not None:
+        shutil.copyfile(source / MANIFEST, Path(target) / MANIFEST)
+    save_original_tokenizer(plan.instruct_tok, target)
+    name = plan.options.output if len(plan.methods) == 1 else Path(plan.options.output) / method
+    # a fresh output dir: nothing of the user's is there to keep
+    write_card(target, merge_card(str(name), method, facts, fits), force=True)
 
 
 def finish_training_output(cfg, plan, echo=print) -> bool:
@@ -110,17 +114,26 @@ def _finish_training_output(cfg, plan, output: Path, echo) -> bool:
     new_tok = load_tokenizer(plan.new_tokenizer)
     save_original_tokenizer(old_tok, output)
     base = str(cfg.get("base_model") or plan.old_tokenizer)
-    card = training_card(
-        output.name,
+    metadata = carried_metadata(Path(base) if Path(base).is_dir() else None)
+    facts = CardFacts(
         base=base,
         manifest=manifest,
         old_size=len(old_tok),
         new_size=len(new_tok),
-        metadata=carried_metadata(Path(base) if Path(base).is_dir() else None),
-        measured=_measured(old_tok, new_tok, None, manifest),
+        metadata=metadata,
+        base_model_id=known_hub_id(base),
+        languages=card_languages(None, metadata, manifest),
+        measured=measure(old_tok, new_tok, None, manifest),
         state=trainer_state(output),
     )
+    card = training_card(str(cfg["output_dir"]), facts)  # as the YAML names it: its lep-merge line runs from there
     written = write_card(output, card)
     if not written:
         echo(f"{output}/README.md is the user's own: kept (the LEP model card was not written)")
+    elif facts.base_model_id is None:
+        echo(
+            unknown_hub_id_warning(
+                "base", base, "name it by its Hub id in `base_model:`, or edit the card's front matter"
+            )
+        )
     return written

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sentencepiece import sentencepiece_model_pb2 as sp
+
 from lep_plugin.errors import LEPError
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
@@ -40,11 +42,8 @@ def _first_merge_rank(merges: list) -> dict[str, int]:
     return ranks
 
 
-def sentencepiece_model(spec: dict[str, Any], bos: str | None = None, eos: str | None = None) -> bytes:
-    """A serialized SentencePiece BPE ``ModelProto`` with the pieces of ``spec`` (a ``tokenizer.json``
-    dict of a SentencePiece-style BPE) in id order."""
-    from sentencepiece import sentencepiece_model_pb2 as sp
-
+def _checked_bpe(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` part of ``spec``; only a BPE segments in llama.cpp as in the HF tokenizer."""
     model = spec.get("model", {})
     if model.get("type") != "BPE":
         raise LEPError(
@@ -52,7 +51,11 @@ def sentencepiece_model(spec: dict[str, Any], bos: str | None = None, eos: str |
             "its converter writes a SentencePiece-BPE ('llama') tokenizer, which would segment differently; "
             "use a bpe, extend or optimize vocabulary"
         )
-    byte_fallback = bool(model.get("byte_fallback"))
+    return model
+
+
+def _pieces(spec: dict[str, Any], model: dict[str, Any]) -> tuple[dict[int, str], dict[int, dict], str]:
+    """id -> piece (vocabulary and added tokens), the added tokens by id, and the unknown piece."""
     pieces: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     for i, token in added.items():
@@ -60,13 +63,16 @@ def sentencepiece_model(spec: dict[str, Any], bos: str | None = None, eos: str |
     unk = model.get("unk_token") or next((t["content"] for t in added.values() if t["content"] == "<unk>"), None)
     if unk is None or unk not in set(pieces.values()):
         raise LEPError("the tokenizer has no unknown token (<unk>), which a SentencePiece model requires")
+    return pieces, added, unk
+
+
+def _add_pieces(proto, pieces: dict[int, str], added: dict[int, dict], unk: str, model: dict[str, Any]) -> None:
+    """Every id in order, typed and scored (a BPE piece: minus the rank of the first merge that makes it)."""
+    byte_fallback = bool(model.get("byte_fallback"))
     ranks = _first_merge_rank(model.get("merges", []))
     unmerged = -float(len(ranks) + 1)
-
-    proto = sp.ModelProto()
-    size = max(pieces) + 1
     Type = sp.ModelProto.SentencePiece.Type
-    for i in range(size):
+    for i in range(max(pieces) + 1):
         piece = proto.pieces.add()
         text = pieces.get(i)
         if text is None:  # a hole in the ids: never produced
@@ -81,6 +87,10 @@ def sentencepiece_model(spec: dict[str, Any], bos: str | None = None, eos: str |
             piece.type, piece.score = Type.BYTE, 0.0
         else:
             piece.type, piece.score = Type.NORMAL, -float(ranks[text]) if text in ranks else unmerged
+
+
+def _set_trainer(proto, unk: str, byte_fallback: bool, bos: str | None, eos: str | None) -> None:
+    size = len(proto.pieces)
     trainer = proto.trainer_spec
     trainer.model_type = sp.TrainerSpec.ModelType.BPE
     trainer.vocab_size = size
@@ -95,6 +105,16 @@ def sentencepiece_model(spec: dict[str, Any], bos: str | None = None, eos: str |
         trainer.bos_piece = bos
     if eos in present:
         trainer.eos_piece = eos
+
+
+def sentencepiece_model(spec: dict[str, Any], bos: str | None = None, eos: str | None = None) -> bytes:
+    """A serialized SentencePiece BPE ``ModelProto`` with the pieces of ``spec`` (a ``tokenizer.json``
+    dict of a SentencePiece-style BPE) in id order."""
+    model = _checked_bpe(spec)
+    pieces, added, unk = _pieces(spec, model)
+    proto = sp.ModelProto()
+    _add_pieces(proto, pieces, added, unk, model)
+    _set_trainer(proto, unk, bool(model.get("byte_fallback")), bos, eos)
     normalizer = proto.normalizer_spec
     normalizer.name = "identity"
     normalizer.add_dummy_prefix = _adds_dummy_prefix(spec)

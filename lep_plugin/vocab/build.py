@@ -1,12 +1,7 @@
 """Building a new vocabulary in the style of an old tokenizer (LEP step 1; arXiv:2412.21140, §3.1).
 
-Four methods, one builder each (:data:`BUILDERS`):
-
-* ``bpe`` / ``unigram`` – a whole new vocabulary trained on the corpus;
-* ``extend``   – train a target-language BPE, append the tokens the old vocabulary lacks, new merges
-  first, then the old merges (old ids keep their meaning);
-* ``optimize`` – keep the ``keep`` old tokens most frequent on the corpus (plus everything they are
-  merged from, special/added and byte tokens), then extend.
+The methods are the entries of :data:`VOCAB_METHODS`, each with its one-line summary and builder; the
+options' choices, the CLI help, the settings reference and the model card read them from there.
 
 Special and added tokens sit either inside the BPE vocabulary (Mistral, Tekken, Gemma) or are appended
 after it as added tokens only (Llama-3's 256 specials, Qwen's ``<|endoftext|>`` ..., Phi-3's chat
@@ -24,18 +19,14 @@ import copy
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lep_plugin.common.corpus import (
-    check_corpus,
-    corpus_fingerprint,
-    expand_corpus,
-    iter_texts,
-)
+from lep_plugin.common.corpus import CheckedCorpus, checked_corpus, iter_texts
 from lep_plugin.common.fs import atomic_output_dir, check_no_overlap, check_output_dir
 from lep_plugin.common.tokenizers import (
     MANIFEST,
@@ -48,7 +39,9 @@ from lep_plugin.common.tokenizers import (
 )
 from lep_plugin.errors import LEPError
 from lep_plugin.vocab.merges import completed_merges
-from lep_plugin.vocab.options import VocabOptions
+
+if TYPE_CHECKING:  # vocab.options derives its method choices from VOCAB_METHODS below
+    from lep_plugin.vocab.options import VocabOptions
 
 Texts = Callable[[], Iterator[str]]  # the corpus, re-iterable
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
@@ -60,21 +53,21 @@ MAX_TOKEN_LENGTH = 24
 
 def build_vocabulary(
     old_tokenizer: str | os.PathLike,
-    corpus: Iterable[str | os.PathLike],
+    corpus: Iterable[str | os.PathLike] | CheckedCorpus,
     options: VocabOptions,
     output: str | os.PathLike,
     force: bool = False,
-    corpus_hash: str | None = None,
 ) -> Path:
     """Build the new tokenizer dir ``output`` (HF files + ``lep_vocab.json`` manifest), atomically.
 
-    ``corpus_hash``: the corpus' ``corpus_fingerprint`` when the caller has it already (the plugin keyed
-    its cache on it), so a large corpus is not hashed a second time."""
+    ``corpus``: files or globs, or a :class:`CheckedCorpus` when the caller has expanded, checked and
+    fingerprinted it already (the plugin keyed its cache on it), so a large corpus is read once."""
     output = Path(output)
     check_output_dir(output, force)
-    files = expand_corpus(corpus)
+    if not isinstance(corpus, CheckedCorpus):
+        corpus = checked_corpus(corpus, options.text_field, options.max_chars)
+    files = list(corpus.files)
     check_no_overlap(output, [("old tokenizer", old_tokenizer)] + [("corpus", f) for f in files])
-    check_corpus(files, options.text_field)
     old = load_tokenizer(old_tokenizer)
     spec = tokenizer_json(old)
     style = tokenizer_style(spec)
@@ -82,7 +75,7 @@ def build_vocabulary(
     def texts() -> Iterator[str]:
         return iter_texts(files, options.text_field, options.max_chars)
 
-    new_spec, stats = BUILDERS[options.method](old, spec, style, texts, options)
+    new_spec, stats = VOCAB_METHODS[options.method].build(BuildSource(old, spec, style, texts), options)
     if style == "sentencepiece" and new_spec["model"]["type"] == "BPE":
         # tokenize as SentencePiece and llama.cpp do (see lep_plugin.vocab.merges)
         model = new_spec["model"]
@@ -95,7 +88,7 @@ def build_vocabulary(
         "old_vocab_size": len(old),
         "new_vocab_size": _vocab_len(new_spec),
         "corpus": [str(f) for f in files],
-        "corpus_fingerprint": corpus_hash or corpus_fingerprint(files, options.text_field, options.max_chars),
+        "corpus_fingerprint": corpus.fingerprint,
         "old_tokenizer": str(old_tokenizer),
         "old_tokenizer_fingerprint": fingerprint_tokenizer(old),
         **stats,
@@ -103,6 +96,16 @@ def build_vocabulary(
     with atomic_output_dir(output, force) as tmp:
         save_tokenizer_dir(new_spec, old, tmp, extra_files={MANIFEST: manifest})
     return output
+
+
+@dataclass(frozen=True)
+class BuildSource:
+    """What a builder reads: the old tokenizer, its ``tokenizer.json`` and style, and the corpus."""
+
+    old: Any  # the old HF tokenizer
+    spec: dict[str, Any]
+    style: Style
+    texts: Texts
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -121,15 +124,31 @@ def _trainer_pipeline(spec: dict[str, Any], style: Style) -> dict[str, Any]:
     return train
 
 
-def _train(spec: dict[str, Any], style: Style, texts: Texts, kind: str, size: int, options: VocabOptions) -> dict[str, Any]:
+def _bpe_model(vocab: dict[str, int], merges: list, byte_fallback: bool) -> dict[str, Any]:
+    """A ``tokenizers`` BPE model JSON with the library's defaults (for a trainer, or a new vocabulary)."""
+    return {
+        "type": "BPE",
+        "vocab": vocab,
+        "merges": merges,
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": False,
+        "byte_fallback": byte_fallback,
+        "ignore_merges": False,
+    }
+
+
+def _train(
+    spec: dict[str, Any], style: Style, texts: Texts, kind: str, size: int, options: VocabOptions
+) -> dict[str, Any]:
     """Train a ``kind`` ("bpe"/"unigram") model of ``size`` tokens in the old style; its model JSON."""
     from tokenizers import Tokenizer, pre_tokenizers, trainers
 
     pipeline = _trainer_pipeline(spec, style)
     pipeline["model"] = (
-        {"type": "BPE", "vocab": {}, "merges": [], "dropout": None, "unk_token": None,
-         "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
-         "byte_fallback": False, "ignore_merges": False}
+        _bpe_model({}, [], byte_fallback=False)
         if kind == "bpe"
         else {"type": "Unigram", "unk_id": None, "vocab": [], "byte_fallback": False}
     )
@@ -232,8 +251,9 @@ def _remap_post_processor(node: Any, ids: dict[str, int]) -> None:
             _remap_post_processor(value, ids)
 
 
-def _whole_new(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
+def _whole_new(source: BuildSource, options: VocabOptions):
     """``bpe`` / ``unigram``: a whole new vocabulary of ``vocab_size`` tokens, old special/byte tokens first."""
+    spec, style = source.spec, source.style
     reserved = _reserved(spec, style)
     outside = _added_outside(spec)
     train_size = options.vocab_size - len(reserved) - len(outside)
@@ -243,17 +263,17 @@ def _whole_new(old, spec: dict[str, Any], style: Style, texts: Texts, options: V
             f"vocab_size {options.vocab_size} is too small: {len(reserved) + len(outside)} old special, added "
             f"and byte tokens are always kept{' and the byte-level alphabet needs 256' if alphabet_floor else ''}"
         )
-    trained = _train(spec, style, texts, options.method, train_size, options)
+    trained = _train(spec, style, source.texts, options.method, train_size, options)
     if options.method == "bpe":
         vocab = {t: i for i, t in enumerate(reserved)}
         for token in sorted(trained["vocab"], key=trained["vocab"].get):
             if token not in outside:  # an appended added token stays one (it goes after the model's ids)
                 vocab.setdefault(token, len(vocab))
-        model = {**spec["model"], "vocab": vocab, "merges": trained["merges"]} if spec["model"]["type"] == "BPE" else {
-            "type": "BPE", "vocab": vocab, "merges": trained["merges"], "dropout": None, "unk_token": None,
-            "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
-            "byte_fallback": style == "sentencepiece", "ignore_merges": False,
-        }
+        model = (
+            {**spec["model"], "vocab": vocab, "merges": trained["merges"]}
+            if spec["model"]["type"] == "BPE"
+            else _bpe_model(vocab, trained["merges"], byte_fallback=style == "sentencepiece")
+        )
     else:
         pieces = [(p, s) for p, s in trained["vocab"] if p not in set(reserved) and p not in outside]
         floor = min((s for _, s in pieces), default=0.0) - 20.0  # reserved pieces: never chosen by Viterbi
@@ -310,10 +330,11 @@ def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOpti
     return _finish(spec, model), stats
 
 
-def _most_frequent(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions) -> set[int]:
+def _most_frequent(source: BuildSource, options: VocabOptions) -> set[int]:
     """Old model-vocabulary ids to keep: the most frequent on the corpus, closed under merges, always with
     special/added tokens and the byte alphabet; ``options.keep`` in all, counting the added tokens appended
     after the model's vocabulary (always kept, outside it)."""
+    spec, style = source.spec, source.style
     vocab: dict[str, int] = spec["model"]["vocab"]
     appended = len(_added_outside(spec))
     if options.keep > len(vocab) + appended:
@@ -327,13 +348,14 @@ def _most_frequent(old, spec: dict[str, Any], style: Style, texts: Texts, option
     budget = options.keep - appended  # for the model's own tokens
     if budget < len(forced):
         raise LEPError(
-            f"keep {options.keep} is smaller than the {len(forced) + appended} special, added and byte tokens always kept"
+            f"keep {options.keep} is smaller than the {len(forced) + appended} special, "
+            "added and byte tokens always kept"
         )
 
     counts = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
-    backend = old.backend_tokenizer
+    backend = source.old.backend_tokenizer
     batch: list[str] = []
-    for text in texts():
+    for text in source.texts():
         batch.append(text)
         if len(batch) == 256:
             _count(backend, batch, counts)
@@ -377,15 +399,45 @@ def _count(backend, batch: list[str], counts: np.ndarray) -> None:
         counts += np.bincount(ids[ids < counts.size], minlength=counts.size)
 
 
-def _extend_all(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
+def _extend_all(source: BuildSource, options: VocabOptions):
     """``extend``: every old id keeps its meaning, new tokens go after the last old id."""
-    return _extend(spec, style, texts, options, keep_ids=None)
+    return _extend(source.spec, source.style, source.texts, options, keep_ids=None)
 
 
-def _optimize(old, spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions):
+def _optimize(source: BuildSource, options: VocabOptions):
     """``optimize``: the ``keep`` old tokens most used on the corpus, then extend."""
-    return _extend(spec, style, texts, options, keep_ids=_most_frequent(old, spec, style, texts, options))
+    return _extend(source.spec, source.style, source.texts, options, keep_ids=_most_frequent(source, options))
 
 
-Builder = Callable[[Any, dict[str, Any], Style, Texts, VocabOptions], tuple[dict[str, Any], dict[str, Any]]]
-BUILDERS: dict[str, Builder] = {"bpe": _whole_new, "unigram": _whole_new, "extend": _extend_all, "optimize": _optimize}
+# ----------------------------------------------------------------------------------------------- registry
+
+Builder = Callable[["BuildSource", "VocabOptions"], tuple[dict[str, Any], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class VocabularyMethod:
+    """One way to build the new vocabulary: the name users write, what it does, where it comes from."""
+
+    name: str
+    summary: str  # one line, shown in --help, the settings reference and the model card
+    build: Builder
+    reference: str = "arXiv:2412.21140, §3.1"
+
+
+VOCAB_METHODS: dict[str, VocabularyMethod] = {
+    m.name: m
+    for m in (
+        VocabularyMethod("bpe", "a whole new BPE vocabulary trained on the target corpus", _whole_new),
+        VocabularyMethod("unigram", "a whole new Unigram vocabulary trained on the target corpus", _whole_new),
+        VocabularyMethod(
+            "extend",
+            "the old vocabulary kept whole, plus new tokens of a target-language BPE (new merges first)",
+            _extend_all,
+        ),
+        VocabularyMethod(
+            "optimize",
+            "the old tokens most used on the target corpus kept (`keep`), plus new tokens of a target-language BPE",
+            _optimize,
+        ),
+    )
+}

@@ -7,8 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lep_plugin.math.operator import Weighting
+from lep_plugin.vocab.build import VOCAB_METHODS
 
-VocabMethod = Literal["bpe", "unigram", "extend", "optimize"]
+VocabMethod = Literal[tuple(VOCAB_METHODS)]  # the registry's names
 
 
 class VocabOptions(BaseModel):
@@ -16,10 +17,7 @@ class VocabOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: VocabMethod = Field(
-        description="bpe/unigram: a whole new vocabulary; extend: add target-language tokens to the old one; "
-        "optimize: keep the most frequent old tokens, then extend"
-    )
+    method: VocabMethod = Field(description="; ".join(f"{m.name}: {m.summary}" for m in VOCAB_METHODS.values()))
     vocab_size: int = Field(
         gt=0,
         description="bpe/unigram: size of the new vocabulary (special tokens included); "
@@ -50,4 +48,6 @@ class ConvertOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pad_to_multiple_of: int | None = Field(default=None, gt=0, description="pad the embedding rows to a multiple of M")
-    weighting: Weighting = Field(default="mean", description="how a new token's row averages the rows of its old pieces")
+    weighting: Weighting = Field(
+        default="mean", description="how a new token's row averages the rows of its old pieces"
+    )

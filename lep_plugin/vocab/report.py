@@ -54,7 +54,9 @@ class TokenizationStats:
     split_words_3plus: float  # share of word occurrences split into ≥ 3 tokens
 
 
-def tokenization_stats(tok, name: str, text_file: Path, text_field: str = "text", max_chars: int | None = None) -> TokenizationStats:
+def tokenization_stats(
+    tok, name: str, text_file: Path, text_field: str = "text", max_chars: int | None = None
+) -> TokenizationStats:
     words: Counter[str] = Counter()
 
     def texts():
@@ -66,7 +68,9 @@ def tokenization_stats(tok, name: str, text_file: Path, text_field: str = "text"
     # a word as it appears inside running text: after a space (SentencePiece adds its ▁ by itself)
     prefix = " " if tokenizer_style(tokenizer_json(tok)) == "byte_level" else ""
     distinct = list(words)
-    pieces = [len(e.ids) for e in tok.backend_tokenizer.encode_batch([prefix + w for w in distinct], add_special_tokens=False)]
+    pieces = [
+        len(e.ids) for e in tok.backend_tokenizer.encode_batch([prefix + w for w in distinct], add_special_tokens=False)
+    ]
     split3 = sum(words[w] for w, n in zip(distinct, pieces) if n >= 3)
     return TokenizationStats(
         tokenizer=name,
@@ -81,7 +85,12 @@ def tokenization_stats(tok, name: str, text_file: Path, text_field: str = "text"
     )
 
 
-def report(tokenizers: list[str | os.PathLike], texts: list[str | os.PathLike], text_field: str = "text", max_chars: int | None = None) -> list[TokenizationStats]:
+def report(
+    tokenizers: list[str | os.PathLike],
+    texts: list[str | os.PathLike],
+    text_field: str = "text",
+    max_chars: int | None = None,
+) -> list[TokenizationStats]:
     files = expand_corpus(texts)
     rows = []
     for path in tokenizers:
@@ -117,7 +126,9 @@ def report_figure(rows: list[TokenizationStats]):
     for k, name in enumerate(names):
         values = [next(r.chars_per_token for r in rows if r.tokenizer == name and r.text == t) for t in texts]
         ax.bar([i + k * width for i in range(len(texts))], values, width, label=Path(name).name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(texts))], [Path(t).parent.name + "/" + Path(t).name for t in texts])
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(texts))], [Path(t).parent.name + "/" + Path(t).name for t in texts]
+    )
     ax.set_ylabel("characters per token")
     ax.legend(fontsize="small")
     fig.tight_layout()
