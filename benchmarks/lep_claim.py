@@ -246,7 +246,11 @@ def group_rows(records: dict[str, dict], groups: dict[str, list[str]], ref: dict
             row[f"{skill} kept"] = mean_sd([s / base if base else math.nan for s in scores])
         chance = ref["texts"]["ru/heldout"]["chance"]["sentence_copy"]
         above = _score(ref, "ru/heldout", "sentence_copy") - chance
-        kept_above = [(_score(r, "ru/heldout", "sentence_copy") - chance) / above for r in recs]
+        # each model against its own chance: Darumeru's sentence level counts tokens of its own vocabulary
+        kept_above = [
+            (_score(r, "ru/heldout", "sentence_copy") - r["texts"]["ru/heldout"]["chance"]["sentence_copy"]) / above
+            for r in recs
+        ]
         row["ru sentence above chance kept"] = mean_sd(kept_above)
         for text in ("ru/heldout", "en/heldout"):
             row[f"{text} chars/token"] = mean_sd([_score(r, text, "chars_per_token") for r in recs])

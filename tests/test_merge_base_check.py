@@ -15,7 +15,7 @@ from lep_plugin.cli.merge import main
 
 
 @pytest.mark.e2e
-def test_plugin_run_records_its_base_and_refuses_another(zero3_checkpoint, mistral_trio, tmp_path, capsys):  # noqa: F811
+def test_plugin_run_records_its_base_and_refuses_another(zero3_checkpoint, mistral_trio, tmp_path, capsys):
     run = zero3_checkpoint
     for adapted in (run.output, run.checkpoint):  # the final save and a DeepSpeed checkpoint-N dir
         recorded = json.loads((adapted / "lep_vocab.json").read_text())["plugin"]["base"]

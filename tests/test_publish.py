@@ -42,7 +42,7 @@ def llama_cpp():
 
 
 @pytest.fixture(scope="module")
-def merged(tmp_path_factory, mistral_trio):  # noqa: F811
+def merged(tmp_path_factory, mistral_trio):
     """lep-merge (conversion) of the Mistral trio with an instruct model card and an eval JSON."""
     root = tmp_path_factory.mktemp("publish-merge")
     instruct = shutil.copytree(mistral_trio.instruct, root / "instruct")
@@ -153,7 +153,7 @@ def test_card_snippet_chats_with_the_model(merged):
     assert len(printed) == 1 and isinstance(printed[0], str)
 
 
-def test_eval_json_is_checked_before_any_work(tmp_path, mistral_trio, capsys):  # noqa: F811
+def test_eval_json_is_checked_before_any_work(tmp_path, mistral_trio, capsys):
     bad = tmp_path / "eval.json"
     bad.write_text('{"results": [{"model": "x"}]}')
     out = tmp_path / "out"
@@ -174,6 +174,13 @@ def test_eval_json_is_checked_before_any_work(tmp_path, mistral_trio, capsys):  
         )
     assert done.value.code == 2 and "not a `lep eval --json` file" in _one_error_line(capsys)
     assert not out.exists()
+    # an eval file of an earlier version (no strict copy scores) is named as such, not as a missing key
+    bad.write_text('{"results": [{"model": "x", "texts": {"ru": {"sentence_copy": 0.5}}}]}')
+    with pytest.raises(SystemExit) as done:
+        merge_main(["--base", str(mistral_trio.base), "--instruct", str(mistral_trio.instruct), "--adapted",
+                    str(mistral_trio.adapted), "--output", str(out), "--eval-json", str(bad)])  # fmt: skip
+    assert done.value.code == 2 and "older `lep eval`" in _one_error_line(capsys)
+    assert not out.exists()
 
 
 def test_user_readme_is_kept_unless_forced(tmp_path):
@@ -189,7 +196,7 @@ def test_user_readme_is_kept_unless_forced(tmp_path):
     assert write_card(tmp_path, f"{MARKER}\nover the trainer's")  # the HF Trainer's card is not the user's
 
 
-def test_plugin_output_card_is_idempotent_and_keeps_user_readme(tmp_path, mistral_trio, mistral_tokenizer):  # noqa: F811
+def test_plugin_output_card_is_idempotent_and_keeps_user_readme(tmp_path, mistral_trio, mistral_tokenizer):
     from lep_plugin.plugin.vocabulary import VocabPlan
     from lep_plugin.publish.outputs import finish_training_output
 
@@ -242,7 +249,7 @@ def test_hub_id_and_carried_metadata(tmp_path):
     assert carried_metadata(plain) == {"license": "apache-2.0", "language": ["en", "fr"]}
 
 
-def test_card_without_a_hub_id_says_todo_and_takes_the_corpus_language(tmp_path, mistral_trio, capsys):  # noqa: F811
+def test_card_without_a_hub_id_says_todo_and_takes_the_corpus_language(tmp_path, mistral_trio, capsys):
     from lep_plugin.plugin.vocabulary import VocabPlan
     from lep_plugin.publish.card import card_languages
     from lep_plugin.publish.outputs import finish_training_output
@@ -303,7 +310,7 @@ def test_outputs_are_readable_by_others(merged, tekken_lep):
 # ------------------------------------------------------------------------------------------------- GGUF
 
 
-def test_sentencepiece_model_segments_like_the_hf_tokenizer(mistral_tokenizer, mistral_trio, shared_data):  # noqa: F811
+def test_sentencepiece_model_segments_like_the_hf_tokenizer(mistral_tokenizer, mistral_trio, shared_data):
     """The tokenizer.model written for the converter: SentencePiece's algorithm (llama.cpp's) on its pieces
     and merge-order scores gives the HF tokenizer's ids, for the original SentencePiece vocabulary and for an
     LEP vocabulary built from it (whose merges `lep vocab build` completes: no piece is left unmerged)."""

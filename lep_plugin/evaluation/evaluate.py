@@ -154,8 +154,10 @@ def chance_scores(tokenizer, kind: str, references: Sequence[str]) -> dict[str, 
     """Each copy metric's chance level on these samples (:func:`metrics.wrong_answers`: every sample
     answered with the next one's text). The strict and exact levels depend on the texts only; Darumeru's
     sentence level counts tokens, so it differs from model to model when their tokenizers differ."""
-    rows = [sample_scores(tokenizer, kind, w, r) for w, r in zip(metrics.wrong_answers(references), references)]
-    return mean_scores(rows, [f"{kind}_{score}" for score in SCORES])
+    return {
+        name: metrics.chance_level(lambda wrong, ref, n=name: sample_scores(tokenizer, kind, wrong, ref)[n], references)
+        for name in (f"{kind}_{score}" for score in SCORES)
+    }
 
 
 def generation_budgets(tokenizer, references: Sequence[str], factor: float, cap: int) -> list[int]:
@@ -197,7 +199,7 @@ def copy_task_scores(
             # only characters that match the reference count: a model that loops or rambles in long tokens
             # must not look like a compact tokenization
             copied_chars += metrics.matched_chars(prediction, source)
-            gen_tokens += _count_tokens(tokenizer, prediction)
+            gen_tokens += sum(1 for t in tokens if t not in stop)  # the tokens the model wrote, not a re-encoding
             scores.append(sample_scores(tokenizer, kind, prediction, source))
             if settings.log_samples:
                 result["log"].append(

@@ -120,7 +120,10 @@ def eval_records(path: Path) -> list[dict[str, Any]]:
     records = payload.get("results") if isinstance(payload, dict) else None
     if not records or not all(isinstance(r, dict) and "model" in r and "texts" in r for r in records):
         raise LEPError(f"eval JSON {path} is not a `lep eval --json` file (no results with model and texts)")
-
+    if not all("sentence_strict" in text for r in records for text in r["texts"].values()):
+        raise LEPError(
+            f"eval JSON {path} was written by an older `lep eval` (no strict copy scores): run `lep eval` again"
+        )
     try:
         markdown_table(records)
     except (KeyError, TypeError, ValueError, IndexError) as err:

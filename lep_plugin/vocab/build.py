@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lep_plugin.common.corpus import CheckedCorpus, checked_corpus, iter_texts
+from lep_plugin.common.corpus import CheckedCorpus, checked_corpus, expand_corpus, iter_texts
 from lep_plugin.common.fs import atomic_output_dir, check_no_overlap, check_output_dir
 from lep_plugin.common.tokenizers import (
     MANIFEST,
@@ -64,11 +64,11 @@ def build_vocabulary(
     fingerprinted it already (the plugin keyed its cache on it), so a large corpus is read once."""
     output = Path(output)
     check_output_dir(output, force)
-    if not isinstance(corpus, CheckedCorpus):
-        corpus = checked_corpus(corpus, options.text_field, options.max_chars)
-    files = list(corpus.files)
+    files = list(corpus.files) if isinstance(corpus, CheckedCorpus) else expand_corpus(corpus)
     check_no_overlap(output, [("old tokenizer", old_tokenizer)] + [("corpus", f) for f in files])
-    old = load_tokenizer(old_tokenizer)
+    old = load_tokenizer(old_tokenizer)  # the cheap checks first: hashing a large corpus takes a while
+    if not isinstance(corpus, CheckedCorpus):
+        corpus = checked_corpus(files, options.text_field, options.max_chars)
     spec = tokenizer_json(old)
     style = tokenizer_style(spec)
 
