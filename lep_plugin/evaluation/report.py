@@ -98,13 +98,17 @@ def _value(record: dict[str, Any], label: str, metric: str) -> float:
 
 
 def shown_metrics(records: list[dict[str, Any]]) -> list[str]:
-    """The metrics with something to show: not NaN or zero for every model and text."""
+    """The metrics with something to show: not NaN or zero for every model and text — or, for a copy
+    metric, with a chance level above zero (every model at 0 is then far *below* chance, worth seeing)."""
     labels = list(records[0]["texts"])
-    return [
-        m
-        for m in METRICS
-        if any(not math.isnan(v) and v != 0 for v in (_value(r, t, m) for r in records for t in labels))
-    ]
+
+    def something(m: str) -> bool:
+        values = [_value(r, t, m) for r in records for t in labels] + [
+            _chance(r, t, m) for r in records for t in labels
+        ]
+        return any(not math.isnan(v) and v != 0 for v in values)
+
+    return [m for m in METRICS if something(m)]
 
 
 def _draw_chance(ax, xs: list[float], width: float, chances: list[float], labelled: bool) -> None:
