@@ -140,26 +140,26 @@ def test_lep_merge_refuses_an_adapted_model_whose_layers_were_trained(mistral_tr
         str(tmp_path / "out"),
     )
     assert "transformer tensor model.layers.0." in line and "differs from the base model's" in line
-    # the plugin's record of an embedding-only run is trusted (no tensor-by-tensor comparison)
+    # a plugin record without the base's fingerprint (an earlier version's) does not skip the comparison:
+    # only a fingerprint of the base the run started from does (tests/test_merge_bad_input.py)
     write_json(
         adapted / "lep_vocab.json",
         {**(read_manifest(mistral_trio.new_tokenizer) or {}), "plugin": {"train": "embeddings"}},
     )
-    lep_merge(
-        [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(adapted),
-            "--output",
-            str(tmp_path / "out"),
-            "--method",
-            "swap",
-        ]
+    line = _one_error_line(
+        capsys,
+        lep_merge,
+        "--base",
+        str(mistral_trio.base),
+        "--instruct",
+        str(mistral_trio.instruct),
+        "--adapted",
+        str(adapted),
+        "--output",
+        str(tmp_path / "out"),
     )
-    assert (tmp_path / "out" / "config.json").is_file()
+    assert "transformer tensor model.layers.0." in line and "did not start from this base model" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_lep_check_reports_what_a_good_yaml_will_do(tmp_path, tiny_mistral, shared_data, capsys):
