@@ -128,12 +128,13 @@ def test_post_train_twice_and_already_converted_base(tmp_path, tiny_mistral, cor
     load_tokenizer(plugin.plan.new_tokenizer).save_pretrained(out)
     plugin.post_train(cfg, model)
     plugin.post_train(cfg, model)
-    # the vocabulary's manifest, plus what the run trained (lep-merge trusts it instead of comparing tensors)
+    # the vocabulary's manifest, plus what the run trained and the fingerprint of the base it started from
+    # (lep-merge checks --base against it instead of comparing every tensor)
     written = json.loads((out / "lep_vocab.json").read_text(encoding="utf-8"))
-    assert written == {
-        **json.loads((plugin.plan.new_tokenizer / "lep_vocab.json").read_text(encoding="utf-8")),
-        "plugin": {"train": "embeddings"},
-    }
+    record = written.pop("plugin")
+    assert written == json.loads((plugin.plan.new_tokenizer / "lep_vocab.json").read_text(encoding="utf-8"))
+    assert record["train"] == "embeddings" and record["body"] == "frozen"
+    assert record["base"]["tensors"] and all(len(t["sha256"]) == 64 for t in record["base"]["tensors"].values())
 
     # the output as a base model (`axolotl inference`, a second stage): no new vocabulary, no conversion
     again, cfg2 = _registered(tmp_path / "second", out, corpus)
