@@ -225,3 +225,11 @@ class FamilyCache:
             base = tiny_base(name, tokenizer, self.root / name / "base")
             self._models[name] = TinyFamily(name, base, tiny_instruct(name, base, self.root / name / "instruct"))
         return self._models[name]
+
+
+def merge_args(trio: Trio, output: Path, adapted: Path | None = None) -> list[str]:
+    """``lep-merge``'s four model arguments for a trio (its own adapted model unless ``adapted`` is given)."""
+    return [
+        "--base", str(trio.base), "--instruct", str(trio.instruct),
+        "--adapted", str(adapted if adapted is not None else trio.adapted), "--output", str(output),
+    ]  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from builders import merge_args
 
 from lep_plugin.common.devices import resolve_device
 from lep_plugin.errors import LEPError
@@ -117,14 +118,7 @@ def test_lep_merge_device_cpu_is_the_default_here(mistral_trio, tmp_path):
         outputs[device] = tmp_path / device
         main(
             [
-                "--base",
-                str(mistral_trio.base),
-                "--instruct",
-                str(mistral_trio.instruct),
-                "--adapted",
-                str(mistral_trio.adapted),
-                "--output",
-                str(outputs[device]),
+                *merge_args(mistral_trio, outputs[device]),
                 "--device",
                 device,
             ]

@@ -20,7 +20,7 @@ from _plugin_helpers import (
     training_data,
     write_config,
 )
-from builders import copy_model
+from builders import copy_model, merge_args
 from safetensors.torch import load_file, save_file
 
 from lep_plugin.cli.lep import main as lep
@@ -85,28 +85,14 @@ def test_lep_check_and_lep_merge_catch_a_yaml_without_the_plugin(run_without_plu
     line = _one_error_line(
         capsys,
         lep_merge,
-        "--base",
-        str(mistral_trio.base),
-        "--instruct",
-        str(mistral_trio.instruct),
-        "--adapted",
-        str(output),
-        "--output",
-        str(tmp_path / "merged"),
+        *merge_args(mistral_trio, tmp_path / "merged", adapted=output),
     )
     assert "has the base model's vocabulary (32,000 tokens)" in line and "plugins: [lep_plugin.LEPPlugin]" in line
     assert not (tmp_path / "merged").exists()
     # told otherwise, it merges
     lep_merge(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(output),
-            "--output",
-            str(tmp_path / "merged"),
+            *merge_args(mistral_trio, tmp_path / "merged", adapted=output),
             "--no-check-adapted",
             "--method",
             "swap",
@@ -130,14 +116,7 @@ def test_lep_merge_refuses_an_adapted_model_whose_layers_were_trained(mistral_tr
     line = _one_error_line(
         capsys,
         lep_merge,
-        "--base",
-        str(mistral_trio.base),
-        "--instruct",
-        str(mistral_trio.instruct),
-        "--adapted",
-        str(adapted),
-        "--output",
-        str(tmp_path / "out"),
+        *merge_args(mistral_trio, tmp_path / "out", adapted=adapted),
     )
     assert "transformer tensor model.layers.0." in line and "differs from the base model's" in line
     # a plugin record without the base's fingerprint (an earlier version's) does not skip the comparison:
@@ -149,14 +128,7 @@ def test_lep_merge_refuses_an_adapted_model_whose_layers_were_trained(mistral_tr
     line = _one_error_line(
         capsys,
         lep_merge,
-        "--base",
-        str(mistral_trio.base),
-        "--instruct",
-        str(mistral_trio.instruct),
-        "--adapted",
-        str(adapted),
-        "--output",
-        str(tmp_path / "out"),
+        *merge_args(mistral_trio, tmp_path / "out", adapted=adapted),
     )
     assert "transformer tensor model.layers.0." in line and "did not start from this base model" in line
     assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from _plugin_helpers import load_weights
+from builders import merge_args
 
 from lep_plugin.cli.merge import main
 from lep_plugin.propagation.options import MergeOptions
@@ -178,14 +179,7 @@ def _fails(capsys, tmp_path: Path, trio, adapted: Path, message: str) -> None:
     with pytest.raises(SystemExit) as err:
         main(
             [
-                "--base",
-                str(trio.base),
-                "--instruct",
-                str(trio.instruct),
-                "--adapted",
-                str(adapted),
-                "--output",
-                str(out),
+                *merge_args(trio, out, adapted=adapted),
             ]
         )
     assert err.value.code == 2

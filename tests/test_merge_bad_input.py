@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import build_tiny_model, copy_model
+from builders import build_tiny_model, copy_model, merge_args
 
 from lep_plugin.cli.merge import main
 
@@ -156,14 +156,7 @@ def test_plain_bin_checkpoint_is_accepted(mistral_trio, tmp_path):
     reference = tmp_path / "reference"
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(mistral_trio.adapted),
-            "--output",
-            str(reference),
+            *merge_args(mistral_trio, reference),
             "--method",
             "overlap",
         ]
@@ -185,14 +178,7 @@ def test_output_inside_an_input_is_refused(mistral_trio, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(
             [
-                "--base",
-                str(mistral_trio.base),
-                "--instruct",
-                str(mistral_trio.instruct),
-                "--adapted",
-                str(mistral_trio.adapted),
-                "--output",
-                str(mistral_trio.instruct),
+                *merge_args(mistral_trio, mistral_trio.instruct),
                 "--force",
             ]
         )
@@ -213,14 +199,7 @@ def test_interrupted_run_leaves_no_output(mistral_trio, tmp_path, sig):
         sys.executable,
         "-c",
         child,
-        "--base",
-        str(mistral_trio.base),
-        "--instruct",
-        str(mistral_trio.instruct),
-        "--adapted",
-        str(mistral_trio.adapted),
-        "--output",
-        str(out),
+        *merge_args(mistral_trio, out),
         "--method",
         "all",
         "--block-rows",
@@ -277,14 +256,7 @@ def test_plugin_output_with_its_base_is_merged_without_a_full_comparison(mistral
     monkeypatch.setattr(plan, "first_changed_tensor", lambda *_: pytest.fail("the fingerprint made it unneeded"))
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(adapted),
-            "--output",
-            str(tmp_path / "out"),
+            *merge_args(mistral_trio, tmp_path / "out", adapted=adapted),
             "--dry-run",
         ]
     )
@@ -343,14 +315,7 @@ def test_base_and_instruct_with_the_same_weights_are_named(mistral_trio, tmp_pat
     )
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(mistral_trio.adapted),
-            "--output",
-            str(tmp_path / "out"),
+            *merge_args(mistral_trio, tmp_path / "out"),
             "--dry-run",
         ]
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from builders import CHAT_MARKER, generate_from_chat
+from builders import CHAT_MARKER, generate_from_chat, merge_args
 
 from lep_plugin.checkpoints.safetensors import SafetensorsCheckpoint
 from lep_plugin.cli.merge import main
@@ -89,14 +89,7 @@ def test_conversion_matches_dense_reference_and_chats(mistral_trio, tmp_path, ca
     out = tmp_path / "out"
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(mistral_trio.adapted),
-            "--output",
-            str(out),
+            *merge_args(mistral_trio, out),
             "--block-rows",
             "1000",
         ]
@@ -127,14 +120,7 @@ def test_all_methods_with_residual_comparison(mistral_trio, ru_heldout, tmp_path
     monkeypatch.setattr(card, "chars_per_token_change", counted)
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(mistral_trio.adapted),
-            "--output",
-            str(out),
+            *merge_args(mistral_trio, out),
             "--method",
             "all",
             "--sample-text",
@@ -208,14 +194,7 @@ def test_dry_run_writes_nothing(mistral_trio, tmp_path, capsys):
     out = tmp_path / "dry"
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(mistral_trio.adapted),
-            "--output",
-            str(out),
+            *merge_args(mistral_trio, out),
             "--dry-run",
         ]
     )
@@ -276,14 +255,7 @@ def test_axolotl_output_dir_uses_its_last_checkpoint(mistral_trio, tmp_path, cap
     out = tmp_path / "out"
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(run),
-            "--output",
-            str(out),
+            *merge_args(mistral_trio, out, adapted=run),
             "--method",
             "swap",
         ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import generate_from_chat
+from builders import generate_from_chat, merge_args
 
 from lep_plugin.checkpoints.deepspeed import DeepSpeedCheckpoint
 from lep_plugin.checkpoints.discover import open_checkpoint
@@ -69,14 +69,7 @@ def test_zero_checkpoint_as_adapted_model(mistral_trio, tmp_path, stage, world):
     out = tmp_path / "out"
     main(
         [
-            "--base",
-            str(mistral_trio.base),
-            "--instruct",
-            str(mistral_trio.instruct),
-            "--adapted",
-            str(ds_dir),
-            "--output",
-            str(out),
+            *merge_args(mistral_trio, out, adapted=ds_dir),
             "--method",
             "swap",
         ]

@@ -20,6 +20,7 @@ from _publish_helpers import (
     field,
     read_gguf,
 )
+from builders import merge_args
 
 from lep_plugin.cli.lep import main as lep_main
 from lep_plugin.cli.merge import main as merge_main
@@ -160,14 +161,7 @@ def test_eval_json_is_checked_before_any_work(tmp_path, mistral_trio, capsys):
     with pytest.raises(SystemExit) as done:
         merge_main(
             [
-                "--base",
-                str(mistral_trio.base),
-                "--instruct",
-                str(mistral_trio.instruct),
-                "--adapted",
-                str(mistral_trio.adapted),
-                "--output",
-                str(out),
+                *merge_args(mistral_trio, out),
                 "--eval-json",
                 str(bad),
             ]
@@ -278,14 +272,7 @@ def test_card_without_a_hub_id_says_todo_and_takes_the_corpus_language(tmp_path,
     assert card.data.base_model is None and "# TODO: base_model:" in (out / "README.md").read_text().split("---")[1]
     assert f"> **TODO** before uploading: add `base_model: <Hub id of `{mistral_trio.base}`>`" in card.text
     main_args = [
-        "--base",
-        str(mistral_trio.base),
-        "--instruct",
-        str(mistral_trio.instruct),
-        "--adapted",
-        str(mistral_trio.adapted),
-        "--output",
-        str(tmp_path / "merged"),
+        *merge_args(mistral_trio, tmp_path / "merged"),
         "--dry-run",
     ]
     merge_main(main_args)
