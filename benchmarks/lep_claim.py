@@ -32,6 +32,7 @@ start afresh).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -50,8 +51,9 @@ from lep_plugin.common.corpus import iter_texts
 from lep_plugin.common.fs import write_jsonl_atomic
 from lep_plugin.common.plots import pyplot, save_figure
 from lep_plugin.common.processes import run_logged
-from lep_plugin.demo.models import train_base, train_instruct
+from lep_plugin.demo.models import repeat_losses, train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, embedding_training_config
+from lep_plugin.demo.repetition import RepetitionOptions, write_repetition_corpus
 from lep_plugin.evaluation.evaluate import (
     EvalSettings,
     copy_task_scores,
@@ -69,11 +71,15 @@ from lep_plugin.vocab.mistral import (
 )
 from lep_plugin.vocab.options import VocabOptions
 
+# the claim is judged on the strict sentence score (character similarity of output and reference);
+# Darumeru's token-count scores stay beside it for comparison with the paper
 SKILLS = (
+    ("ru/heldout", "sentence_strict", "ru sentence strict"),
     ("ru/heldout", "sentence_copy", "ru sentence copy"),
     ("ru/heldout", "paragraph_copy", "ru paragraph copy"),
-    ("en/heldout", "sentence_copy", "en sentence copy"),
+    ("en/heldout", "sentence_strict", "en sentence strict"),
 )
+JUDGED = {"ru": ("ru/heldout", "sentence_strict"), "en": ("en/heldout", "sentence_strict")}
 EN_CHECK_DOCS = 4  # last English demo documents: held out of every training text, for the instruct copy check
 RU_CHECK_DOCS = 30  # last Russian training documents (never in the base, copy or embedding training texts)
 
@@ -90,7 +96,7 @@ def is_model(path: Path) -> bool:
 
 
 def copy_checker(tokenizer_dir: Path, files: dict[str, Path], samples: int, target: float, history: list):
-    """``check(model)`` for ``train_instruct``: sentence copy on held-out training-text sentences in each
+    """``check(model)`` for ``train_instruct``: strict sentence copy on held-out training-text sentences in each
     language (chat prompt, the evaluation's own code); True once every language reaches ``target``."""
     from transformers import AutoTokenizer  # here, not at the top: seconds of start-up that --help need not pay
 
@@ -102,8 +108,8 @@ def copy_checker(tokenizer_dir: Path, files: dict[str, Path], samples: int, targ
     def check(model) -> bool:
         scores = {lang: copy_task_scores(model, tok, t, settings, "chat") for lang, t in tasks.items()}
         row = {"seconds": round(time.perf_counter() - began, 1)}
-        row |= {lang: round(s["sentence_copy"], 3) for lang, s in scores.items()}
-        row |= {f"{lang}_chance": round(s["chance"]["sentence_copy"], 3) for lang, s in scores.items()}
+        row |= {lang: round(s["sentence_strict"], 3) for lang, s in scores.items()}
+        row |= {f"{lang}_chance": round(s["chance"]["sentence_strict"], 3) for lang, s in scores.items()}
         history.append(row)
         log(f"  copy check: {row}")
         return all(row[lang] >= target for lang in tasks)
@@ -135,26 +141,6 @@ def relative_changes(base_dir: Path, instruct_dir: Path) -> dict[str, float]:
     norm = math.sqrt(sum(float(base[k].norm() ** 2) for k in body))
     out["body_change"] = diff / norm
     return out
-
-
-def repeat_losses(model_dir: Path, texts_file: Path, docs: int = 16, length: int = 60) -> dict[str, float]:
-    """In-context copying of a model as a plain language model: mean loss (nats/token) on a passage of
-    ``length`` tokens and on the same passage written again right after it. A model with copy (induction)
-    heads predicts the second occurrence far better than the first."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # not at the top: as in copy_checker
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    first = second = 0.0
-    texts = list(iter_texts([texts_file]))[:docs]
-    for text in texts:
-        ids = tok(text, add_special_tokens=False)["input_ids"][:length]
-        x = torch.tensor([[tok.bos_token_id, *ids, *ids]])
-        with torch.no_grad():
-            nll = -torch.log_softmax(model(x).logits[0, :-1], -1).gather(1, x[0, 1:, None])[:, 0]
-        first += float(nll[: len(ids)].mean())
-        second += float(nll[len(ids) :].mean())
-    return {"first": first / len(texts), "second": second / len(texts)}
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -230,6 +216,15 @@ def fmt(mean: float, sd: float = math.nan, pct: bool = False) -> str:
     return f"{mean:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}")
 
 
+def above_chance_kept(recs: list[dict], ref: dict, text: str, metric: str) -> list[float]:
+    """(score − chance) / (instruct − chance) of each record: the share of the instruct model's skill above
+    chance that a model keeps (each model against its own chance level: scores may count its own tokens)."""
+    above = _score(ref, text, metric) - ref["texts"][text]["chance"][metric]
+    if above <= 0:
+        return [math.nan for _ in recs]
+    return [(_score(r, text, metric) - r["texts"][text]["chance"][metric]) / above for r in recs]
+
+
 def group_rows(records: dict[str, dict], groups: dict[str, list[str]], ref: dict) -> list[dict]:
     """Per group of models (one per seed): mean ± sd of each skill, its retention, above-chance retention
     of Russian sentence copy, chars/token and bits/char."""
@@ -244,14 +239,8 @@ def group_rows(records: dict[str, dict], groups: dict[str, list[str]], ref: dict
             base = _score(ref, text, metric)
             row[skill] = mean_sd(scores)
             row[f"{skill} kept"] = mean_sd([s / base if base else math.nan for s in scores])
-        chance = ref["texts"]["ru/heldout"]["chance"]["sentence_copy"]
-        above = _score(ref, "ru/heldout", "sentence_copy") - chance
-        # each model against its own chance: Darumeru's sentence level counts tokens of its own vocabulary
-        kept_above = [
-            (_score(r, "ru/heldout", "sentence_copy") - r["texts"]["ru/heldout"]["chance"]["sentence_copy"]) / above
-            for r in recs
-        ]
-        row["ru sentence above chance kept"] = mean_sd(kept_above)
+        for lang, (text, metric) in JUDGED.items():
+            row[f"{lang} strict above chance kept"] = mean_sd(above_chance_kept(recs, ref, text, metric))
         for text in ("ru/heldout", "en/heldout"):
             row[f"{text} chars/token"] = mean_sd([_score(r, text, "chars_per_token") for r in recs])
             row[f"{text} bits/char"] = mean_sd([_score(r, text, "bits_per_char") for r in recs])
@@ -261,36 +250,38 @@ def group_rows(records: dict[str, dict], groups: dict[str, list[str]], ref: dict
 
 def rows_table(rows: list[dict]) -> str:
     head = (
-        "| model | n | ru sentence copy (kept) | ru above chance kept | ru paragraph copy (kept) "
-        "| en sentence copy (kept) "
+        "| model | n | ru sentence strict (kept) | **ru strict above chance kept** | ru sentence copy (kept) "
+        "| ru paragraph copy (kept) | en sentence strict (kept) | en strict above chance kept "
         "| ru chars/token | ru bits/char | en bits/char |"
     )
-    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         cells = [r["label"], str(r["n"])]
-        for _, _, skill in SKILLS[:1]:
+        for _, _, skill in SKILLS:
             cells.append(f"{fmt(*r[skill])} ({fmt(*r[skill + ' kept'], pct=True)})")
-        cells.append(fmt(*r["ru sentence above chance kept"], pct=True))
-        for _, _, skill in SKILLS[1:]:
-            cells.append(f"{fmt(*r[skill])} ({fmt(*r[skill + ' kept'], pct=True)})")
+            if skill.endswith("strict"):
+                cells.append(fmt(*r[f"{skill[:2]} strict above chance kept"], pct=True))
         cells += [fmt(*r["ru/heldout chars/token"]), fmt(*r["ru/heldout bits/char"]), fmt(*r["en/heldout bits/char"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(
-    rows: list[dict], curve: dict[str, list[tuple[int, tuple[float, float]]]], chance_kept: float, out: Path
-) -> None:
+# what the plot's bars show: above-chance retention of the strict scores (judged), Darumeru's raw ratio beside
+BARS = ("ru strict above chance kept", "en strict above chance kept", "ru sentence copy kept")
+
+
+def plot(rows: list[dict], curve: dict[str, list[tuple[int, tuple[float, float]]]], out: Path) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.27
-    for k, (_, _, skill) in enumerate(SKILLS):
-        means = [r[skill + " kept"][0] for r in rows]
-        sds = [0 if math.isnan(r[skill + " kept"][1]) else r[skill + " kept"][1] for r in rows]
-        left.bar([i + (k - 1) * width for i in range(len(rows))], means, width, yerr=sds, capsize=2, label=skill)
+    for k, bar in enumerate(BARS):
+        means = [0.0 if math.isnan(r[bar][0]) else r[bar][0] for r in rows]
+        sds = [0 if math.isnan(r[bar][1]) else r[bar][1] for r in rows]
+        left.bar([i + (k - 1) * width for i in range(len(rows))], means, width, yerr=sds, capsize=2, label=bar)
     left.axhline(0.9, color="k", ls="--", lw=0.8, label="90 % (paper's claim)")
+    left.axhline(0.0, color="grey", ls=":", lw=1, label="chance (above-chance retention 0)")
     left.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=35, ha="right", fontsize=7)
-    left.set_ylabel("kept = model / instruct")
+    left.set_ylabel("kept (model vs instruct)")
     left.legend(fontsize=7)
     left.set_title("retention of the instruct model's copy skills (mean ± sd over seeds)")
     for method, points in curve.items():
@@ -299,9 +290,9 @@ def plot(
         es = [0 if math.isnan(p[1][1]) else p[1][1] for p in points]
         right.errorbar(xs, ys, yerr=es, marker="o", capsize=2, label=method)
     right.axhline(0.9, color="k", ls="--", lw=0.8)
-    right.axhline(chance_kept, color="grey", ls=":", lw=1, label="chance (another sample's text)")
+    right.axhline(0.0, color="grey", ls=":", lw=1, label="chance")
     right.set_xlabel("embedding-training steps of the base (Russian)")
-    right.set_ylabel("ru sentence copy kept")
+    right.set_ylabel("ru strict above chance kept")
     right.set_title("retention vs embedding training")
     right.legend(fontsize=7)
     fig.tight_layout()
@@ -316,6 +307,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("out/claim"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process stages")
     parser.add_argument("--minutes-base", type=float, default=8)
+    parser.add_argument("--base-layers", type=int, default=2)
+    parser.add_argument(
+        "--copy-warmup-minutes", type=float, default=15, help="random token strings written over, before the text"
+    )
+    parser.add_argument(
+        "--repeat-share", type=float, default=0.5, help="windows of base and embedding texts that repeat a passage"
+    )
     parser.add_argument("--base-russian-chars", type=int, default=3_000_000)
     parser.add_argument("--copy-examples", type=int, default=4000)
     parser.add_argument("--instruct-minutes", type=float, default=14, help="time limit of the instruct step")
@@ -459,9 +457,10 @@ def stage_base(c: Claim) -> None:
             c.base,
             args.minutes_base * 60,
             hidden=128,
-            layers=3,
+            layers=args.base_layers,
             seq=256,
-            repeat=0.5,
+            repetition=RepetitionOptions(share=args.repeat_share),
+            copy_warmup_seconds=args.copy_warmup_minutes * 60,
             schedule=True,
         ),
     )
@@ -509,7 +508,7 @@ def stage_changes(c: Claim) -> None:
     c.facts["changes"] = c.timed("embedding changes base -> instruct", lambda: relative_changes(c.base, c.instruct))
     log(f"  changes: {c.facts['changes']}")
     models = (("base", c.base), ("instruct", c.instruct))
-    c.facts["repeat_losses"] = {name: repeat_losses(d, c.out / "check-ru.jsonl") for name, d in models}
+    c.facts["repeat_losses"] = {name: repeat_losses(d, iter_texts([c.out / "check-ru.jsonl"])) for name, d in models}
     log(f"  loss on a passage / on its repetition: {c.facts['repeat_losses']}")
 
 
@@ -585,6 +584,16 @@ def stage_vocab(c: Claim) -> tuple[Path, Path]:
     return step0, tinit_instruct
 
 
+def embedding_texts(c: Claim) -> Path:
+    """The Russian text of the embedding training: the first ``--train-docs`` training documents in windows,
+    with the base's share of repeated passages (so the new embeddings learn to serve its copy heads)."""
+    out = c.out / "ru-embedding-train.jsonl"
+    if not out.is_file():
+        docs = itertools.islice(iter_texts(c.ru_train), c.args.train_docs)
+        write_repetition_corpus(docs, out, RepetitionOptions(share=c.args.repeat_share), seed=1)
+    return out
+
+
 def stage_embedding_training(c: Claim, seed: int) -> None:
     """5a. embedding-only ``axolotl train`` of the base (with checkpoints) and, as the direct baseline, of
     the instruct model."""
@@ -596,9 +605,9 @@ def stage_embedding_training(c: Claim, seed: int) -> None:
         run = work / f"train-{role}"
         run.mkdir(exist_ok=True)
         if not is_model(run / "adapted"):
-            cfg = embedding_training_config(run, model_dir, c.tok, c.ru_train, args.train_steps)
+            cfg = embedding_training_config(run, model_dir, c.tok, [str(embedding_texts(c))], args.train_steps)
             cfg["seed"] = seed
-            cfg["datasets"][0]["split"] = f"train[:{args.train_docs}]"
+            cfg["datasets"][0]["split"] = "train"
             if role == "base" and c.ckpt_steps:
                 cfg.update(save_strategy="steps", save_steps=args.save_steps, save_total_limit=None)
             (run / "train.yml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -728,7 +737,7 @@ def result_tables(c: Claim, records: dict[str, dict], seeds: list[int]) -> Table
     stage_rows = group_rows(records, stage_groups(S, seeds, ckpt_steps, calibration), ref)
 
     def kept(names: list[str]) -> tuple[float, float]:
-        return group_rows(records, {"x": names}, ref)[0]["ru sentence copy kept"]
+        return group_rows(records, {"x": names}, ref)[0]["ru strict above chance kept"]
 
     curve = {
         m: [(0, kept([f"T-init (step 0) · {m}"]))]
@@ -750,11 +759,13 @@ def report_sentences(c: Claim, t: Tables, seeds: list[int]) -> tuple[str, str, s
     markdown keeps them whole."""
     args, ch = c.args, c.facts["changes"]
     conv = next(r for r in t.main if r["label"].startswith("conversion ("))
-    verdict = "meets" if conv["ru sentence copy kept"][0] >= 0.9 else "does not meet"
+    verdict = "meets" if conv["ru strict above chance kept"][0] >= 0.9 else "does not meet"
     intro = (
         f"Seeds {seeds} (axolotl `seed` of the embedding training and calibration: data order); "
         f"{args.samples} samples per copy task,\nthe same held-out samples for every model; "
-        f"paragraph generation capped at {args.paragraph_tokens} tokens. Retention = model / instruct."
+        f"paragraph generation capped at {args.paragraph_tokens} tokens.\nJudged on the strict sentence score "
+        "(character similarity of output and reference): above-chance retention = (model − its chance) / "
+        "(instruct − chance);\n(kept) columns are model / instruct, Darumeru's token-count scores beside."
     )
     change = (
         f"input embeddings {ch['input_change']:.1%}, output embeddings {ch['output_change']:.1%}, "
@@ -763,10 +774,24 @@ def report_sentences(c: Claim, t: Tables, seeds: list[int]) -> tuple[str, str, s
         f"{ch['output_linear_fit_residual']:.1%} (output) unexplained."
     )
     verdict_line = (
-        f"conversion keeps {fmt(*conv['ru sentence copy kept'], pct=True)} of the instruct model's Russian "
+        f"conversion keeps {fmt(*conv['ru strict above chance kept'], pct=True)} of the instruct model's Russian "
         f"sentence copy: {verdict} the ≥ 90 % claim on this setup."
     )
     return intro, change, verdict_line
+
+
+def base_summary_line(c: Claim, t: Tables) -> str:
+    """The base's copy ability (repeat-loss ratio) and language modelling (bits/char on held-out text)."""
+    args, losses = c.args, c.facts["repeat_losses"]["base"]
+    base_row = t.base_side[0]
+    return (
+        f"{args.base_layers} layers, d=128, {args.copy_warmup_minutes:g} min of copy warm-up (random token strings "
+        f"written over) then {args.minutes_base:g} min of text in windows,\n{args.repeat_share:.0%} of them with a "
+        f"repeated passage. Repeat-loss ratio (loss on a held-out passage written again / on its first "
+        f"occurrence): **{losses['ratio']:.2f}**\n({losses['second']:.2f} / {losses['first']:.2f} nats/token; "
+        f"goal ≤ 0.5); bits/char on held-out text: ru {fmt(*base_row['ru/heldout bits/char'])}, "
+        f"en {fmt(*base_row['en/heldout bits/char'])}."
+    )
 
 
 def report_markdown(c: Claim, t: Tables, seeds: list[int], chance: dict, all_time: float) -> str:
@@ -777,17 +802,23 @@ def report_markdown(c: Claim, t: Tables, seeds: list[int], chance: dict, all_tim
     checks = "\n".join(f"| {x['seconds']:.0f} s | {x['ru']:.3f} | {x['en']:.3f} |" for x in inst.get("checks", []))
     fits = c.facts["prop_alone_fits"]
     intro, change, verdict_line = report_sentences(c, t, seeds)
+    base_line = base_summary_line(c, t)
     return f"""# Does LEP keep the instruct model's copy skills? (issue 14)
 
 {intro}
-Chance (another sample's text as the answer): ru sentence {chance["ru/heldout"]["sentence_copy"]:.3f}, ru paragraph
-{chance["ru/heldout"]["paragraph_copy"]:.3f}, en sentence {chance["en/heldout"]["sentence_copy"]:.3f}.
+Chance (another sample's text as the answer), instruct model: ru sentence strict
+{chance["ru/heldout"]["sentence_strict"]:.3f}, en sentence strict {chance["en/heldout"]["sentence_strict"]:.3f};
+Darumeru's ru sentence {chance["ru/heldout"]["sentence_copy"]:.3f}, ru paragraph
+{chance["ru/heldout"]["paragraph_copy"]:.3f}.
+
+## The base (LEP's premise: it copies before any instruction step)
+{base_line}
 
 ## Instruct step
 {inst.get("mixture", "")}; embeddings at lr {args.instruct_embed_lr:g}, the rest at {args.instruct_lr:g};
 {inst.get("steps")} steps, {inst.get("seconds")} s; copy check passed: {inst.get("passed")} (target {args.copy_target}).
 
-| training time | check ru sentence copy | check en sentence copy |
+| training time | check ru sentence strict | check en sentence strict |
 | ---: | ---: | ---: |
 {checks}
 
@@ -821,17 +852,34 @@ occurrence / the same passage repeated right after): {json.dumps(c.facts["repeat
 """
 
 
+def claim_summary(c: Claim, t: Tables, ref: dict) -> dict:
+    """The machine-readable answer: above-chance retention of the strict Russian sentence score per method
+    (mean and sd over seeds), the instruct model's score and chance level, the base's repeat-loss ratio."""
+    S = c.args.train_steps
+    retention = {}
+    for m in METHODS:
+        row = next(r for r in t.main if r["label"] == f"{m} ({S} steps)")
+        mean, sd = row["ru strict above chance kept"]
+        retention[m] = {"ru_strict": {"mean": mean, "sd": sd}}
+    text, metric = JUDGED["ru"]
+    return {
+        "retention": retention,
+        "instruct": {"ru_strict": _score(ref, text, metric)},
+        "chance": {"ru_strict": ref["texts"][text]["chance"][metric]},
+        "base": {"repeat_loss_ratio": c.facts["repeat_losses"]["base"]["ratio"]},
+    }
+
+
 def stage_report(c: Claim, records: dict[str, dict], seeds: list[int]) -> None:
     """7. the plot, OUTPUT/report.md (also printed) and OUTPUT/summary.json."""
     ref = records["instruct"]
     t = result_tables(c, records, seeds)
-    chance_kept = ref["texts"]["ru/heldout"]["chance"]["sentence_copy"] / _score(ref, "ru/heldout", "sentence_copy")
-    plot(t.main, t.curve, chance_kept, c.out / "retention.png")
+    plot(t.main, t.curve, c.out / "retention.png")
     chance = {text: ref["texts"][text]["chance"] for text in ("ru/heldout", "en/heldout")}
     all_time = time.perf_counter() - c.began_all
     report = report_markdown(c, t, seeds, chance, all_time)
     (c.out / "report.md").write_text(report, encoding="utf-8")
-    summary = {
+    summary = claim_summary(c, t, ref) | {
         "facts": c.facts,
         "times": c.times,
         "total_seconds": all_time,
@@ -840,7 +888,7 @@ def stage_report(c: Claim, records: dict[str, dict], seeds: list[int]) -> None:
         "stages": t.stages,
         "base_side": t.base_side,
         "curve": t.curve,
-        "chance": chance,
+        "chance_levels": chance,
     }
     summary_text = json.dumps(summary, indent=1, ensure_ascii=False, default=str)
     (c.out / "summary.json").write_text(summary_text, encoding="utf-8")

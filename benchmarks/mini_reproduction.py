@@ -40,6 +40,7 @@ from lep_plugin.common.fs import write_jsonl_atomic
 from lep_plugin.common.processes import run_logged
 from lep_plugin.demo.models import train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, embedding_training_config
+from lep_plugin.demo.repetition import RepetitionOptions
 from lep_plugin.vocab.build import build_vocabulary
 from lep_plugin.vocab.mistral import (
     import_mistral_common_tokenizer,
@@ -81,14 +82,7 @@ def parse_args() -> argparse.Namespace:
         "(a small corpus is memorised, and then no copy head forms)",
     )
     parser.add_argument(
-        "--repeat", type=float, default=0.5, help="share of the base's sequences that write a passage twice"
-    )
-    parser.add_argument(
-        "--shuffle-repeats",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="shuffle the tokens of a repeated passage "
-        "(only copying predicts it then; measured: worse LM, no better copying)",
+        "--repeat", type=float, default=0.5, help="share of the base's text windows that repeat a passage"
     )
     parser.add_argument(
         "--copy-examples", type=int, default=4000, help="copy chats from training texts added to the instruct mixture"
@@ -174,8 +168,7 @@ def stage_base(run: Run) -> tuple[Path, Path]:
             hidden=128,
             layers=3,
             seq=256,
-            repeat=args.repeat,
-            shuffle=args.shuffle_repeats,
+            repetition=RepetitionOptions(share=args.repeat),
             schedule=True,
         ),
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from builders import generate_from_chat
 
-from lep_plugin.demo.models import train_base, train_instruct
+from lep_plugin.common.corpus import iter_texts
+from lep_plugin.demo.models import repeat_losses, train_base, train_instruct
 from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, corpora
+from lep_plugin.demo.repetition import RepetitionOptions
 
 
 def test_tiny_base_and_instruct_models_train_and_chat(mistral_tokenizer, tmp_path):
@@ -15,12 +18,23 @@ def test_tiny_base_and_instruct_models_train_and_chat(mistral_tokenizer, tmp_pat
 
     lines: list[str] = []
     base = train_base(
-        mistral_tokenizer, [DEMO_DATA / "en.jsonl"], tmp_path / "base", seconds=4, log=lines.append, hidden=32, layers=1
+        mistral_tokenizer,
+        [DEMO_DATA / "en.jsonl"],
+        tmp_path / "base",
+        seconds=4,
+        log=lines.append,
+        hidden=32,
+        layers=1,
+        repetition=RepetitionOptions(share=0.5),
+        copy_warmup_seconds=2,
     )
     instruct = train_instruct(
         base, DEMO_DATA / "instructions.jsonl", tmp_path / "instruct", seconds=4, log=lines.append
     )
     assert any(line.startswith("  base:") for line in lines) and any(line.startswith("  instruct:") for line in lines)
+    assert any(line.startswith("  copy warm-up:") for line in lines)
+    losses = repeat_losses(base, iter_texts([DEMO_DATA / "ru.jsonl"]), docs=2, length=20)
+    assert losses["ratio"] == pytest.approx(losses["second"] / losses["first"]) and losses["first"] > 0
     model = AutoModelForCausalLM.from_pretrained(instruct)
     tok = AutoTokenizer.from_pretrained(instruct)
     base_model = AutoModelForCausalLM.from_pretrained(base)
