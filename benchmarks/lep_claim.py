@@ -309,7 +309,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--minutes-base", type=float, default=8)
     parser.add_argument("--base-layers", type=int, default=2)
     parser.add_argument(
-        "--copy-warmup-minutes", type=float, default=15, help="random token strings written over, before the text"
+        "--copy-warmup-minutes",
+        type=float,
+        default=0,
+        help="random token strings written over, before the text (README: what it did in 5 min)",
     )
     parser.add_argument(
         "--repeat-share", type=float, default=0.5, help="windows of base and embedding texts that repeat a passage"

@@ -275,7 +275,7 @@ def run_demo(
     echo=print,
     base_seconds: float = 100,
     instruct_seconds: float = 80,
-    copy_warmup_seconds: float = 60,
+    copy_warmup_seconds: float = 0,
     train_steps: int = 60,
     samples: int = 8,
 ) -> str:
