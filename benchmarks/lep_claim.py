@@ -863,7 +863,8 @@ def claim_summary(c: Claim, t: Tables, ref: dict) -> dict:
     for m in METHODS:
         row = next(r for r in t.main if r["label"] == f"{m} ({S} steps)")
         mean, sd = row["ru strict above chance kept"]
-        retention[m] = {"ru_strict": {"mean": mean, "sd": sd}}
+        # null, not NaN (not JSON): no sd from one seed, no retention when the instruct model is not above chance
+        retention[m] = {"ru_strict": {"mean": None if math.isnan(mean) else mean, "sd": None if math.isnan(sd) else sd}}
     text, metric = JUDGED["ru"]
     return {
         "retention": retention,
