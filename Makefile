@@ -38,11 +38,17 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# two pytest-xdist workers, one test module each at a time (module-scoped fixtures stay in one worker), each
+# with its own ports and its share of the cores (tests/_plugin_helpers.py: worker_port, worker_threads).
+# WORKERS=0 runs serially.
+WORKERS ?= 2
+PYTEST_PARALLEL := -n $(WORKERS) --dist loadfile
+
 test: lint
-	$(PY) -m pytest -q -ra --durations=25
+	$(PY) -m pytest -q -ra --durations=25 $(PYTEST_PARALLEL)
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not e2e"
+	$(PY) -m pytest -q -ra -m "not e2e" $(PYTEST_PARALLEL)
 
 demo: install
 	$(PY) -m lep_plugin.cli.lep demo --output $(OUT)

@@ -29,7 +29,28 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "yaml"
 VENV_BIN = Path(sys.executable).parent
 TRAIN_TIMEOUT = 420
-TWO_RANKS = ["--launcher", "torchrun", "--", "--nproc_per_node", "2"]  # how users launch several processes
+# how users launch several processes on one machine; --standalone rendezvouses on a free port (plain torchrun
+# takes 29500, which two pytest-xdist workers launching ranks at the same moment would both bind)
+TWO_RANKS = ["--launcher", "torchrun", "--", "--standalone", "--nproc_per_node", "2"]
+
+
+def worker_port(port: int) -> int:
+    """A fixed rendezvous port moved into this pytest-xdist worker's own range: ``port`` itself outside
+    xdist and on worker gw0, ``port + 1000`` on gw1, and so on. The one rule for every port the tests launch
+    ranks on, so that two workers (`make test` runs two) never bind the same port at the same moment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return port + 1000 * int(worker.removeprefix("gw") or 0)
+
+
+def worker_threads() -> int:
+    """Threads a test process computes on: in a pytest-xdist worker its share of the cores (1 for `make test`'s
+    two workers on two cores; conftest.py sets it as ``OMP_NUM_THREADS`` for the subprocesses too), else 2.
+    More threads than cores wait on each other's descheduled threads: test_eval.py's copier, trained on 2
+    threads in 36 s alone, did not finish in 900 s beside a second worker."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 1:
+        return 2
+    return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def train_env() -> dict[str, str]:

@@ -17,7 +17,8 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _plugin_helpers import make_zero3_checkpoint  # noqa: E402
+import torch  # noqa: E402
+from _plugin_helpers import make_zero3_checkpoint, worker_threads  # noqa: E402
 from builders import (  # noqa: E402 - after the offline environment above
     RU_HELDOUT,
     RU_TRAIN,
@@ -31,6 +32,10 @@ from builders import (  # noqa: E402 - after the offline environment above
     build_trio,
     write_corpus_slice,
 )
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: two workers on two cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = str(worker_threads())  # the subprocesses (axolotl train, lep) inherit it
+    torch.set_num_threads(worker_threads())
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from _eval_helpers import (
     train_copier,
     write_jsonl,
 )
+from _plugin_helpers import worker_threads
 
 from lep_plugin.errors import LEPError
 from lep_plugin.evaluation.evaluate import (
@@ -48,7 +49,7 @@ def copy_world(tmp_path_factory):
     words = lexicon()
     tok_dir = build_word_tokenizer(root / "tok", words)
     text = write_jsonl(root / "synthetic.jsonl", synthetic_documents(words, 12, seed=1))
-    torch.set_num_threads(2)
+    torch.set_num_threads(worker_threads())  # 2, or 1 per pytest-xdist worker
     return {
         "text": text,
         "tok": tok_dir,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _plugin_helpers import load_weights, train_env, training_data
+from _plugin_helpers import load_weights, train_env, training_data, worker_port
 from builders import generate_from_chat
 
 from lep_plugin.cli.merge import main as merge_main
@@ -50,7 +50,7 @@ def _run_job(work: Path, base: Path, data: Path, train: str, port: int, control:
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        f"--master_port={port}",
+        f"--master_port={worker_port(port)}",  # this xdist worker's own port
         str(JOB),
         str(work / "cfg.json"),
         str(out),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _plugin_helpers import worker_port
 from builders import generate_from_chat, merge_args
 
 from lep_plugin.checkpoints.deepspeed import DeepSpeedCheckpoint
@@ -24,6 +25,7 @@ NAMES = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def _train(model_dir: Path, out: Path, stage: int, world: int, port: int) -> Path:
+    port = worker_port(port)  # this xdist worker's own port
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
     if world == 1:
         cmd = [sys.executable, str(JOB), str(model_dir), str(out), str(stage)]

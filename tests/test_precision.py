@@ -1,9 +1,12 @@
 """lep-merge's fit in the precision the checkpoint needs (issue 22).
 
-- The mixed (float32) fit leaves a 16-bit output unchanged: ≥ 98 % of the stored elements identical to the
-  exact (float64) fit's, the rest one unit in the last place apart, on a trained tiny pair, a tied model,
-  ill-conditioned embeddings and a random 8B-like case; where its condition estimate says it could change
-  the result, ``--precision auto`` refits in float64 and says so.
+- The mixed (float32) fit leaves a 16-bit output within one unit in the last place of the exact (float64)
+  fit's, element by element, on a trained tiny pair, a tied model, ill-conditioned embeddings and a random
+  8B-like case; where its condition estimate says it could change the result by more, ``--precision auto``
+  refits in float64 and says so. The 1-ulp bound is what the trust rule guarantees on every BLAS kernel;
+  the share of elements that are bit-identical is not (float32 sums round differently under AVX2 and
+  AVX-512 kernels: 99.6 % on an AVX2 CPU, 98.8 % on an AVX-512 one at cond 300), so it is reported, not
+  asserted.
 - ``len(tokenizer)`` is asked a constant number of times per merge, not once per added token.
 """
 
@@ -36,18 +39,18 @@ def ordered_bits(x: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, -(bits & 0x7FFF), bits)
 
 
-def assert_same_in_dtype(got: torch.Tensor, exact: torch.Tensor, min_identical: float = 0.98) -> float:
-    """≥ ``min_identical`` of the elements identical, every other one 1 ulp away. An element far below its
-    row's scale (|y| < RMS/64) is a cancellation whose float32 products alone move it by more than its own
-    ulp: there, one ulp is measured at RMS/64."""
+def assert_same_in_dtype(got: torch.Tensor, exact: torch.Tensor) -> float:
+    """Every element at most 1 ulp from the exact one (the guarantee of the trust rule, on any kernel); returns
+    the share that is bit-identical (kernel-dependent: module docstring). An element far below its row's scale
+    (|y| < RMS/64) is a cancellation whose float32 products alone move it by more than its own ulp: there,
+    one ulp is measured at RMS/64."""
     assert got.dtype == exact.dtype and got.shape == exact.shape
     identical = float((got == exact).float().mean())
-    assert identical >= min_identical, f"only {identical:.4%} of the elements identical"
     steps = (ordered_bits(got) - ordered_bits(exact)).abs()
     floor = exact.float().pow(2).mean(1, keepdim=True).sqrt() / 64
     spacing = torch.finfo(exact.dtype).eps * torch.maximum(exact.float().abs(), floor)
     far = (steps > 1) & ((got.float() - exact.float()).abs() > spacing)
-    assert not bool(far.any()), f"{int(far.sum())} elements more than 1 ulp apart"
+    assert not bool(far.any()), f"{int(far.sum())} elements more than 1 ulp apart ({identical:.4%} identical)"
     return identical
 
 
@@ -100,7 +103,7 @@ def test_mixed_fit_keeps_the_bf16_result_where_its_estimate_trusts_it(condition)
     sol = fit_both(base, instruct)
     assert prop.mixed_fit_trusted(sol["mixed"], torch.bfloat16)
     exact = prop.apply_correction(adapted, sol["exact"].p)
-    assert_same_in_dtype(prop.apply_correction(adapted, sol["mixed"].p), exact, 0.99)
+    assert_same_in_dtype(prop.apply_correction(adapted, sol["mixed"].p), exact)
     # and P itself: float32's rounding of AᵀA, amplified by at most the condition estimate
     assert float((sol["mixed"].p - sol["exact"].p).norm() / sol["exact"].p.norm()) < sol["mixed"].condition * 1e-6
 

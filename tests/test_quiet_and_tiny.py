@@ -92,3 +92,27 @@ def test_noise_is_dropped_and_shown_with_verbose():
         for logger in loggers:
             logger.removeHandler(handler)
         quiet_third_party()  # as the CLIs leave it for later tests in this process
+
+
+def test_the_kernels_trust_warning_is_dropped_and_shown_with_verbose():
+    """On a CPU with AVX-512 BF16, importing bitsandbytes makes the `kernels` package warn (Python warnings,
+    not logging) that it skips a Hub trust check offline; CPUs without it never warn. The rule is checked on
+    the warning itself, so the test holds whichever path this CPU takes."""
+    import warnings
+
+    message = (
+        "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face "
+        "Hub is in offline mode."
+    )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_third_party()
+            warnings.warn(message, UserWarning, stacklevel=1)
+            warnings.warn("Skipping something else", UserWarning, stacklevel=1)  # other warnings still show
+            assert [str(w.message) for w in caught] == ["Skipping something else"]
+            show_third_party()
+            warnings.warn(message, UserWarning, stacklevel=1)
+            assert [str(w.message) for w in caught][-1] == message
+    finally:
+        quiet_third_party()

@@ -6,11 +6,19 @@ every command: torchao's optional CUDA kernels failing to load on a CPU machine,
 registering enums with pytree, bitsandbytes' optional 4-bit CPU kernel (LEP never uses 4-bit layers),
 DeepSpeed saying it found no GPU, and transformers failing to make a chat template from the Tekken file that
 ``mistral-common`` ships (LEP writes every chat template itself). Errors of these libraries always show.
+
+One comes through Python's ``warnings``, not a logger: on a CPU with AVX-512 BF16, importing bitsandbytes
+0.50 asks the ``kernels`` package for a faster 4-bit GEMV from the Hub, and offline ``kernels`` warns
+"Skipping publisher trust check for 'kernels-community/…'" before failing to fetch it. bitsandbytes then
+keeps its own native CPU GEMV for that one inference op (packed 4-bit weights); 4-bit *training* (QLoRA's
+forward and backward) dequantizes and multiplies with torch on every CPU, so nothing a user runs changes.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from dataclasses import dataclass
 
 import click
@@ -46,6 +54,19 @@ class _DropNoise(logging.Filter):
 
 _FILTERS = {noise: _DropNoise(noise) for noise in NOISE}
 
+# the same kind of noise sent through Python's warnings (module docstring): message prefixes
+WARNING_NOISE = ("Skipping publisher trust check for 'kernels-community/",)
+
+
+def _set_warning_action(action: str) -> None:
+    """Make ``action`` ("ignore" or "default") the first ``warnings`` filter for each :data:`WARNING_NOISE`
+    message, through the public ``filterwarnings`` only (idempotent: nothing is added when it already is)."""
+    for text in WARNING_NOISE:
+        pattern = re.escape(text)
+        first = next((f[0] for f in warnings.filters if f[1] is not None and f[1].pattern == pattern), None)
+        if first != action:
+            warnings.filterwarnings(action, message=pattern)
+
 
 def quiet_third_party() -> None:
     """Keep the :data:`NOISE` off the screen (idempotent)."""
@@ -55,6 +76,7 @@ def quiet_third_party() -> None:
             logger.addFilter(drop)
         if not noise.text:  # a whole library's warnings: its child loggers too, which the filter does not see
             logger.setLevel(logging.ERROR)
+    _set_warning_action("ignore")
 
 
 def show_third_party() -> None:
@@ -64,6 +86,7 @@ def show_third_party() -> None:
         logger.removeFilter(drop)
         if not noise.text:
             logger.setLevel(logging.NOTSET)
+    _set_warning_action("default")
 
 
 def _on_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
