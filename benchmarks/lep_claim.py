@@ -2,9 +2,9 @@
 
     python benchmarks/lep_claim.py [--output out/claim] [--threads 1] [--seeds 0 1 2] [--samples 64]
 
-1. an English-leaning byte-level tokenizer and a 3-layer base trained from scratch (as in
-   ``mini_reproduction.py``), except that the last English training documents are held out of every
-   training text for the copy check below;
+1. the pretrained tiny base shipped with the package (``lep_plugin/data/tiny-base``, made once by
+   ``benchmarks/pretrain_base.py``: an English-leaning byte-level vocabulary, a 2-layer Llama that copies in
+   context), copied into OUTPUT/base; its tokenizer is the old vocabulary;
 2. the instruct step: the base tuned on chat instructions plus copy chats from *training* texts, its
    input and output embeddings at a much smaller learning rate (``--instruct-embed-lr``; LEP assumes
    instruction tuning moves them little), until a copy check on held-out *training-text* sentences
@@ -35,6 +35,7 @@ import argparse
 import itertools
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -46,13 +47,13 @@ import yaml
 
 from lep_plugin.calibration.copy_task import copy_mixture, mixture_summary
 from lep_plugin.calibration.lora import calibrate
-from lep_plugin.checkpoints.discover import open_checkpoint
 from lep_plugin.common.corpus import iter_texts
-from lep_plugin.common.fs import write_jsonl_atomic
 from lep_plugin.common.plots import pyplot, save_figure
 from lep_plugin.common.processes import run_logged
-from lep_plugin.demo.models import repeat_losses, train_base, train_instruct
+from lep_plugin.demo.models import relative_changes, repeat_losses, train_instruct
+from lep_plugin.demo.paths import TINY_BASE
 from lep_plugin.demo.pipeline import DEMO_DATA, SHARED, embedding_training_config
+from lep_plugin.demo.pretrain import MANIFEST
 from lep_plugin.demo.repetition import RepetitionOptions, write_repetition_corpus
 from lep_plugin.evaluation.evaluate import (
     EvalSettings,
@@ -62,13 +63,8 @@ from lep_plugin.evaluation.evaluate import (
     load_tasks,
 )
 from lep_plugin.evaluation.tasks import load_copy_tasks
-from lep_plugin.math import propagation as prop
 from lep_plugin.propagation.methods import METHODS
 from lep_plugin.vocab.build import build_vocabulary
-from lep_plugin.vocab.mistral import (
-    import_mistral_common_tokenizer,
-    mistral_common_file,
-)
 from lep_plugin.vocab.options import VocabOptions
 
 # the claim is judged on the strict sentence score (character similarity of output and reference);
@@ -118,29 +114,6 @@ def copy_checker(tokenizer_dir: Path, files: dict[str, Path], samples: int, targ
 
 
 # ------------------------------------------------------------------------------- embedding measurements
-
-
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = open_checkpoint(model_dir, "model", prefer_deepspeed=False)
-    return {name: checkpoint.get(name).float() for name in checkpoint.names()}
-
-
-def relative_changes(base_dir: Path, instruct_dir: Path) -> dict[str, float]:
-    """‖W_instruct − W_base‖ / ‖W_base‖ of the input embeddings, the output embeddings and the rest (the
-    transformer body, all its tensors together), and the relative residual of the best linear map
-    base → instruct fitted on all rows of each embedding matrix (``lep_plugin.math.propagation``)."""
-    base, inst = _weights(base_dir), _weights(instruct_dir)
-    emb = {"input": "model.embed_tokens.weight", "output": "lm_head.weight"}
-    out: dict[str, float] = {}
-    for role, name in emb.items():
-        out[f"{role}_change"] = float((inst[name] - base[name]).norm() / base[name].norm())
-        eq = prop.accumulate([(base[name], inst[name])], base[name].shape[1])
-        out[f"{role}_linear_fit_residual"] = prop.solve(eq).residual
-    body = [k for k in base if k not in emb.values()]
-    diff = math.sqrt(sum(float((inst[k] - base[k]).norm() ** 2) for k in body))
-    norm = math.sqrt(sum(float(base[k].norm() ** 2) for k in body))
-    out["body_change"] = diff / norm
-    return out
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -306,21 +279,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("out/claim"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process stages")
-    parser.add_argument("--minutes-base", type=float, default=8)
-    parser.add_argument("--base-layers", type=int, default=2)
     parser.add_argument(
-        "--copy-warmup-minutes",
-        type=float,
-        default=0,
-        help="random token strings written over, before the text (README: what it did in 5 min)",
+        "--repeat-share", type=float, default=1.0, help="windows of the embedding texts that repeat a passage"
     )
-    parser.add_argument(
-        "--repeat-share", type=float, default=0.5, help="windows of base and embedding texts that repeat a passage"
-    )
-    parser.add_argument("--base-russian-chars", type=int, default=3_000_000)
     parser.add_argument("--copy-examples", type=int, default=4000)
-    parser.add_argument("--instruct-minutes", type=float, default=14, help="time limit of the instruct step")
-    parser.add_argument("--instruct-lr", type=float, default=2e-3)
+    parser.add_argument("--instruct-minutes", type=float, default=4, help="time limit of the instruct step")
+    parser.add_argument("--instruct-lr", type=float, default=1e-3)
     parser.add_argument(
         "--instruct-embed-lr",
         type=float,
@@ -374,7 +338,7 @@ class Claim:
 
     @property
     def old_tok(self) -> Path:
-        return self.out / "tok-en"
+        return self.base  # the base's own tokenizer is the old vocabulary
 
     @property
     def base(self) -> Path:
@@ -426,8 +390,7 @@ def setup(args: argparse.Namespace) -> Claim:
 
 
 def stage_texts(c: Claim) -> None:
-    """English demo documents minus the check ones; check sentences from never-trained documents; the
-    English-leaning tokenizer's texts."""
+    """English demo documents minus the check ones; check sentences from never-trained documents."""
     out = c.out
     en_lines = (DEMO_DATA / "en.jsonl").read_text(encoding="utf-8").splitlines()
     en_train, en_check = en_lines[:-EN_CHECK_DOCS], en_lines[-EN_CHECK_DOCS:]
@@ -435,38 +398,15 @@ def stage_texts(c: Claim) -> None:
     (out / "check-en.jsonl").write_text("\n".join(en_check) + "\n", encoding="utf-8")
     ru_docs = c.ru_train_file.read_text(encoding="utf-8").splitlines()
     (out / "check-ru.jsonl").write_text("\n".join(ru_docs[-RU_CHECK_DOCS:]) + "\n", encoding="utf-8")
-    ru_lines = (DEMO_DATA / "ru.jsonl").read_text(encoding="utf-8").splitlines()[:10]
-    (out / "english-leaning.jsonl").write_text("\n".join(en_train + ru_lines) + "\n", encoding="utf-8")
 
 
 def stage_base(c: Claim) -> None:
-    """1. the English-leaning tokenizer and the base trained from scratch."""
-    if is_model(c.base):
-        return
-    out, args, mix = c.out, c.args, c.out / "english-leaning.jsonl"
-    source = mistral_common_file("tekken_240718.json")
-    tekken = c.timed("import Tekken (style source)", lambda: import_mistral_common_tokenizer(source, out / "tekken"))
-    options = VocabOptions(method="bpe", vocab_size=3500)
-    c.timed("English-leaning tokenizer", lambda: build_vocabulary(tekken, [mix], options, c.old_tok, force=True))
-    ru_more = out / "base-russian.jsonl"
-    ru_records = ({"text": t} for t in iter_texts(c.ru_train, max_chars=args.base_russian_chars))
-    write_jsonl_atomic(ru_records, ru_more, force=True)
-    lm_texts = [mix, out / "en-train.jsonl", DEMO_DATA / "ru.jsonl", ru_more]
-    c.timed(
-        "base model from scratch",
-        lambda: train_base(
-            c.old_tok,
-            lm_texts,
-            c.base,
-            args.minutes_base * 60,
-            hidden=128,
-            layers=args.base_layers,
-            seq=256,
-            repetition=RepetitionOptions(share=args.repeat_share),
-            copy_warmup_seconds=args.copy_warmup_minutes * 60,
-            schedule=True,
-        ),
-    )
+    """1. the shipped pretrained base, copied into OUTPUT/base (its manifest comes along)."""
+    if not is_model(c.base):
+        shutil.copytree(TINY_BASE, c.base)
+    c.facts["base_manifest"] = {
+        k: v for k, v in json.loads((c.base / MANIFEST).read_text(encoding="utf-8")).items() if k != "history"
+    }
 
 
 def stage_instruct(c: Claim) -> None:
@@ -785,12 +725,12 @@ def report_sentences(c: Claim, t: Tables, seeds: list[int]) -> tuple[str, str, s
 
 def base_summary_line(c: Claim, t: Tables) -> str:
     """The base's copy ability (repeat-loss ratio) and language modelling (bits/char on held-out text)."""
-    args, losses = c.args, c.facts["repeat_losses"]["base"]
+    losses, manifest = c.facts["repeat_losses"]["base"], c.facts["base_manifest"]
     base_row = t.base_side[0]
     return (
-        f"{args.base_layers} layers, d=128, {args.copy_warmup_minutes:g} min of copy warm-up (random token strings "
-        f"written over) then {args.minutes_base:g} min of text in windows,\n{args.repeat_share:.0%} of them with a "
-        f"repeated passage. Repeat-loss ratio (loss on a held-out passage written again / on its first "
+        f"The shipped pretrained base ({MANIFEST}: {manifest['steps']} steps, {manifest['wall_seconds'] / 60:.0f} min "
+        f"on {manifest['machine']['cpu']}; a hand-written copy circuit trained around on text).\n"
+        f"Repeat-loss ratio (loss on a held-out passage written again / on its first "
         f"occurrence): **{losses['ratio']:.2f}**\n({losses['second']:.2f} / {losses['first']:.2f} nats/token; "
         f"goal ≤ 0.5); bits/char on held-out text: ru {fmt(*base_row['ru/heldout bits/char'])}, "
         f"en {fmt(*base_row['en/heldout bits/char'])}."

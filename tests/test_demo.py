@@ -51,3 +51,23 @@ def test_demo_corpora_roles(shared_data):
     given = corpora(("my.jsonl",))
     assert given["target"] == given["heldout"] == ["my.jsonl"]
     assert all(Path(p).is_file() for p in given["lm"] + given["instructions"])  # shipped with the package
+
+
+def test_the_demo_summary_says_what_each_lep_model_keeps_above_chance():
+    """retention = (model − its chance) / (instruct − chance); null when the instruct model is not above chance."""
+    from lep_plugin.demo.pipeline import strict_copy_summary
+
+    def record(model: str, strict: float, chance: float) -> dict:
+        return {
+            "model": model,
+            "texts": {"ru/heldout": {"sentence_strict": strict, "chance": {"sentence_strict": chance}}},
+        }
+
+    summary = strict_copy_summary(
+        [record("instruct", 0.8, 0.2), record("lep/swap", 0.5, 0.2), record("lep/conversion", 0.2, 0.2)]
+    )
+    assert summary["instruct"]["ru_strict"] == 0.8 and summary["chance"]["ru_strict"] == 0.2
+    assert summary["retention"]["lep/swap"]["ru_strict"] == pytest.approx(0.5)
+    assert summary["retention"]["lep/conversion"]["ru_strict"] == pytest.approx(0.0)
+    flat = strict_copy_summary([record("instruct", 0.2, 0.25), record("lep/swap", 0.5, 0.2)])
+    assert flat["retention"]["lep/swap"]["ru_strict"] is None

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from _plugin_helpers import VENV_BIN, load_weights, train_env
+from builders import generate_from_chat
 
 from lep_plugin.cli.quiet import NOISE, quiet_third_party, show_third_party
 from lep_plugin.demo.families import INSTRUCT_SHIFT
@@ -116,3 +117,25 @@ def test_the_kernels_trust_warning_is_dropped_and_shown_with_verbose():
             assert [str(w.message) for w in caught][-1] == message
     finally:
         quiet_third_party()
+
+
+def test_lep_tiny_default_pair_is_the_pretrained_base_and_a_chat_model(tmp_path):
+    """`lep tiny` without --family: the shipped pretrained base (byte for byte) and an instruct model trained
+    from it now, which answers in the chat format; one summary line, nothing on stderr."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lep_plugin.demo.paths import TINY_BASE
+
+    out = tmp_path / "pair"
+    proc = _run("lep", "tiny", "--output", str(out), "--instruct-seconds", "15")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith(f"wrote {out}/base and {out}/instruct: the pretrained tiny base"), proc.stdout
+    assert (out / "base" / "model.safetensors").read_bytes() == (TINY_BASE / "model.safetensors").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(str(out / "instruct"))
+    tok = AutoTokenizer.from_pretrained(str(out / "instruct"))
+    ids, generated = generate_from_chat(
+        model, tok, "Повтори этот текст дословно:\n\nМы пошли домой.", max_new_tokens=12
+    )
+    assert generated.shape[1] > ids.shape[1]
+    again = _run("lep", "tiny", "--output", str(out))
+    assert again.returncode != 0 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

@@ -27,9 +27,13 @@ from pathlib import Path
 
 import torch
 
+from lep_plugin.calibration.copy_task import copy_mixture, mixture_summary
+from lep_plugin.checkpoints.discover import open_checkpoint
 from lep_plugin.common.corpus import iter_texts
 from lep_plugin.demo.families import tiny_config
+from lep_plugin.demo.paths import DEMO_DATA
 from lep_plugin.demo.repetition import RepetitionOptions, random_token_rows, repetition_texts
+from lep_plugin.math import propagation as prop
 
 
 def _config(tok, hidden: int, layers: int):
@@ -136,25 +140,53 @@ def _copy_warmup_batches(tok, batch: int, seed: int, lengths: tuple[int, int] = 
         yield block, block
 
 
-def repeat_losses(model_dir: Path, texts: Iterable[str], docs: int = 16, length: int = 60) -> dict[str, float]:
-    """In-context copying of a model as a plain language model: mean loss (nats/token) on a passage of
-    ``length`` tokens of each of the first ``docs`` texts, on the same passage written again right after it,
-    and their ratio. A model with copy (induction) heads predicts the second occurrence far better."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+def repeat_losses_of(model, tok, texts: Iterable[str], docs: int = 16, length: int = 60) -> dict[str, float]:
+    """In-context copying of a language model: mean loss (nats/token) on a ``length``-token passage of each
+    of the first ``docs`` texts and on the same passage written again right after it, and their ratio
+    (≈ 1: no copying; a model with induction heads predicts the second occurrence far better)."""
     first = second = 0.0
-    texts = list(itertools.islice(texts, docs))
+    texts = [t for t in itertools.islice((t for t in texts if t.strip()), docs)]
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"][:length]
         x = torch.tensor([[tok.bos_token_id, *ids, *ids]])
         with torch.no_grad():
-            nll = -torch.log_softmax(model(x).logits[0, :-1], -1).gather(1, x[0, 1:, None])[:, 0]
+            nll = -torch.log_softmax(model(x).logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])[:, 0]
         first += float(nll[: len(ids)].mean())
         second += float(nll[len(ids) :].mean())
     first, second = first / len(texts), second / len(texts)
     return {"first": first, "second": second, "ratio": second / first}
+
+
+def repeat_losses(model_dir: Path, texts: Iterable[str], docs: int = 16, length: int = 60) -> dict[str, float]:
+    """:func:`repeat_losses_of` the model saved in ``model_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    return repeat_losses_of(model, tok, texts, docs, length)
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = open_checkpoint(model_dir, "model", prefer_deepspeed=False)
+    return {name: checkpoint.get(name).float() for name in checkpoint.names()}
+
+
+def relative_changes(base_dir: Path, instruct_dir: Path) -> dict[str, float]:
+    """How far an instruction step moved a model (LEP assumes: little): ‖W_instruct − W_base‖ / ‖W_base‖ of
+    the input embeddings, the output embeddings and the transformer body (all its tensors together), and the
+    relative residual of the best linear map base → instruct fitted on all rows of each embedding matrix."""
+    base, inst = _weights(base_dir), _weights(instruct_dir)
+    emb = {"input": "model.embed_tokens.weight", "output": "lm_head.weight"}
+    out: dict[str, float] = {}
+    for role, name in emb.items():
+        out[f"{role}_change"] = float((inst[name] - base[name]).norm() / base[name].norm())
+        eq = prop.accumulate([(base[name].double(), inst[name].double())], base[name].shape[1])
+        out[f"{role}_linear_fit_residual"] = prop.solve(eq).residual
+    body = [k for k in base if k not in emb.values()]
+    diff = math.sqrt(sum(float((inst[k] - base[k]).norm() ** 2) for k in body))
+    norm = math.sqrt(sum(float(base[k].norm() ** 2) for k in body))
+    out["body_change"] = diff / norm
+    return out
 
 
 def _chat_examples(tok, records: Iterable[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
@@ -282,3 +314,35 @@ def train_instruct(
     tok.save_pretrained(str(out))
     log(f"  instruct: {steps} steps")
     return out
+
+
+def make_instruct(
+    base: Path,
+    out: Path,
+    seconds: float,
+    texts: dict[str, list[str]],
+    log=print,
+    copies: int = 4000,
+    lr: float = 1e-3,
+    embed_lr: float = 3e-5,
+    history: dict | None = None,
+) -> Path:
+    """The instruction step of the pretrained tiny base: its chat template, the shipped instructions and
+    ``copies`` copy chats made from ``texts`` (language -> documents, ``copy_mixture``), the transformer at
+    ``lr`` and the embeddings at ``embed_lr`` (LEP assumes instruction tuning moves them little), a warm-up +
+    cosine schedule over the ``seconds`` time box."""
+    chats, counts = copy_mixture(texts, copies)
+    log(f"  instruction data: {DEMO_DATA / 'instructions.jsonl'} + {len(chats)} copy chats ({mixture_summary(counts)})")
+    return train_instruct(
+        base,
+        DEMO_DATA / "instructions.jsonl",
+        out,
+        seconds,
+        log,
+        extra=chats,
+        lr=lr,
+        max_len=384,
+        schedule=True,
+        embed_lr=embed_lr,
+        history=history,
+    )
