@@ -7,19 +7,20 @@
    context), copied into OUTPUT/base; its tokenizer is the old vocabulary;
 2. the instruct step: the base tuned on chat instructions plus copy chats from *training* texts, its
    input and output embeddings at a much smaller learning rate (``--instruct-embed-lr``; LEP assumes
-   instruction tuning moves them little), until a copy check on held-out *training-text* sentences
-   (the last Russian training documents, the held-out English demo documents; never the evaluation
-   files or their wording) reaches ``--copy-target`` sentence copy in Russian and English, or
-   ``--instruct-minutes``;
+   instruction tuning moves them little), until a copy check on *training-text* sentences the step never
+   trains on (the last Russian training documents, which the base never saw either; the last English demo
+   documents; never the evaluation files or their wording) reaches ``--copy-target`` sentence copy in
+   Russian and English, or ``--instruct-minutes``;
 3. how far the instruct step moved each part of the model (relative change, and the residual of the
    best linear map base → instruct), and what propagation alone costs: the old vocabulary kept and the
    base's own embeddings as the "adapted" ones, through ``lep-merge --method all``;
 4. a Russian ``extend`` vocabulary; ``lep vocab convert`` gives the base and the instruct model its
    T-initialised embeddings (stage "new vocabulary + T-init", and the baseline without any training);
 5. per seed (axolotl ``seed``: data order and shuffling): embedding-only ``axolotl train`` of the base
-   with checkpoints, ``lep-merge --method all`` of every checkpoint, the calibration LoRA on the final
-   conversion model, and the baseline that LEP avoids: the instruct model's own embeddings trained
-   directly on the same Russian text (then ``lep-merge --method swap`` onto itself for its chat setup);
+   with checkpoints (Russian text in windows that each write a passage again, ``--repeat-share``),
+   ``lep-merge --method all`` of every checkpoint, the calibration LoRA on the final conversion model,
+   and the baseline that LEP avoids: the instruct model's own embeddings trained directly on the same
+   Russian text (then ``lep-merge --method swap`` onto itself for its chat setup);
 6. every model evaluated in-process by ``lep_plugin.evaluation`` on the same held-out samples (Russian:
    sentence and paragraph copy; English: sentence copy; chars/token, bits/char; chance levels); base-side
    models with the plain few-shot prompt; tables of scores and retention (mean ± sd over seeds), the

@@ -32,8 +32,8 @@ from lep_plugin.vocab.report import markdown_table, report
 
 # the embedding training's texts: windows, every one with a passage written again. New tokens start as means
 # of their pieces' rows, which the base's copy heads cannot tell from the pieces; copy-heavy text teaches them
-# to those heads fastest (README, "What LEP keeps"; measured: held-out repeat-loss ratio of the adapted base
-# after 300 steps 0.73 with half the windows repeating, 0.65 with all)
+# to those heads fastest (README, "What `make demo` does"; measured: held-out repeat-loss ratio of the adapted
+# base after 300 steps 0.73 with half the windows repeating, 0.65 with all)
 REPETITION = RepetitionOptions(share=1.0)
 
 
@@ -137,13 +137,12 @@ def instruction_texts(texts: dict[str, list[str]]) -> dict[str, list[str]]:
 def pretrained_pair(output: Path, instruct_seconds: float, force: bool = False, log=print) -> str:
     """``lep tiny``'s default: ``output/base`` (the shipped pretrained base, which copies in context) and
     ``output/instruct`` (its instruction step, trained now), written atomically; returns a one-line summary."""
+    texts = corpora(())
     with atomic_output_dir(output, force) as tmp:
         shutil.copytree(TINY_BASE, tmp / "base")
         history: dict = {}
-        make_instruct(
-            tmp / "base", tmp / "instruct", instruct_seconds, instruction_texts(corpora(())), log, history=history
-        )
-        losses = repeat_losses(tmp / "base", iter_texts([corpora(())["heldout"][0]]))
+        make_instruct(tmp / "base", tmp / "instruct", instruct_seconds, instruction_texts(texts), log, history=history)
+        losses = repeat_losses(tmp / "base", iter_texts([texts["heldout"][0]]))
     return (
         f"wrote {output}/base and {output}/instruct: the pretrained tiny base shipped with lep-plugin (2-layer "
         f"Llama, d=256, English-leaning byte-level BPE; repeat-loss ratio {losses['ratio']:.2f} on held-out "
