@@ -75,7 +75,15 @@ def test_pretraining_is_deterministic_resumable_and_keeps_the_circuit(tmp_path, 
         "ru": list(iter_texts([DEMO_DATA / "ru.jsonl"]))[-2:],
         "en": list(iter_texts([DEMO_DATA / "en.jsonl"]))[-2:],
     }
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same kernels for both runs; restored below
+    try:
+        _compare_runs(tmp_path, tok, chunks, heldout)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_runs(tmp_path, tok, chunks, heldout):
     straight, _ = new_model(tok, SMALL)
     before = circuit_snapshot(straight)
     train_loop(straight, tok, chunks, heldout, SMALL, tmp_path / "a", lambda m: None)
