@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,7 +41,7 @@ from lep_plugin.vocab.build import build_vocabulary
 from lep_plugin.vocab.mistral import import_mistral_common_tokenizer, mistral_common_file
 from lep_plugin.vocab.options import VocabOptions
 
-MANIFEST = "tiny_base.json"
+MANIFEST = "manifest.json"
 
 
 class PretrainOptions(BaseModel):
@@ -274,7 +273,6 @@ def pretrain(out: Path, options: PretrainOptions, shared: Path | None, command: 
     from transformers import AutoTokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    random.seed(options.seed)
     english, russian = english_texts(), russian_texts(shared, options.russian_chars)
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
