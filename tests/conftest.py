@@ -19,6 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from _plugin_helpers import make_zero3_checkpoint, worker_threads  # noqa: E402
+from _schedule import LongestFirstScheduling, sort_items_longest_first  # noqa: E402
+from _shared import built_once  # noqa: E402
 from builders import (  # noqa: E402 - after the offline environment above
     RU_HELDOUT,
     RU_TRAIN,
@@ -38,6 +40,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: two workers on two cor
     torch.set_num_threads(worker_threads())
 
 
+def pytest_xdist_make_scheduler(config, log):
+    return LongestFirstScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    sort_items_longest_first(items)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     if not SHARED_DATA.is_dir():
@@ -47,12 +57,12 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def mistral_tokenizer(tmp_path_factory):
-    return build_mistral_tokenizer(tmp_path_factory.mktemp("tok") / "mistral")
+    return built_once(tmp_path_factory, "mistral-tokenizer", lambda d: build_mistral_tokenizer(d / "mistral"))
 
 
 @pytest.fixture(scope="session")
 def tekken_tokenizer(tmp_path_factory):
-    return build_tekken_tokenizer(tmp_path_factory.mktemp("tok") / "tekken")
+    return built_once(tmp_path_factory, "tekken-tokenizer", lambda d: build_tekken_tokenizer(d / "tekken"))
 
 
 @pytest.fixture(scope="session")
@@ -73,25 +83,35 @@ def tiny_families(tmp_path_factory, family_layouts):
 @pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory, mistral_tokenizer):
     """Tiny random MistralForCausalLM (d=64, 2 layers, untied) with the real Mistral-7B tokenizer."""
-    return build_tiny_model("mistral", mistral_tokenizer, tmp_path_factory.mktemp("model") / "tiny-mistral")
+    return built_once(
+        tmp_path_factory, "tiny-mistral", lambda d: build_tiny_model("mistral", mistral_tokenizer, d / "tiny-mistral")
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, tekken_tokenizer):
     """Tiny random LlamaForCausalLM (d=64, 2 layers, untied) with the 131k byte-level Tekken tokenizer."""
-    return build_tiny_model("llama", tekken_tokenizer, tmp_path_factory.mktemp("model") / "tiny-llama")
+    return built_once(
+        tmp_path_factory, "tiny-llama", lambda d: build_tiny_model("llama", tekken_tokenizer, d / "tiny-llama")
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_tied(tmp_path_factory, mistral_tokenizer):
     """Tiny random LlamaForCausalLM with tied embeddings and the Mistral tokenizer."""
-    return build_tiny_model("llama", mistral_tokenizer, tmp_path_factory.mktemp("model") / "tiny-llama-tied", tie=True)
+    return built_once(
+        tmp_path_factory,
+        "tiny-llama-tied",
+        lambda d: build_tiny_model("llama", mistral_tokenizer, d / "tiny-llama-tied", tie=True),
+    )
 
 
 @pytest.fixture(scope="session")
 def ru_corpus_small(tmp_path_factory, shared_data):
     """The first 400 documents (~1.4M chars) of ru/train.jsonl, for vocabulary builds in seconds."""
-    return write_corpus_slice(RU_TRAIN, tmp_path_factory.mktemp("corpus") / "ru-small.jsonl", 400)
+    return built_once(
+        tmp_path_factory, "ru-corpus-small", lambda d: write_corpus_slice(RU_TRAIN, d / "ru-small.jsonl", 400)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -103,18 +123,20 @@ def ru_heldout(shared_data):
 def zero3_checkpoint(tmp_path_factory, tiny_mistral):
     """A real ZeRO-3 checkpoint of tiny Mistral trained by ``axolotl train`` with the plugin (`train:
     new_rows`, extend vocabulary); here so that the plugin and lep-merge tests share one run."""
-    return make_zero3_checkpoint(tmp_path_factory.mktemp("zero3"), tiny_mistral)
+    return built_once(tmp_path_factory, "zero3", lambda d: make_zero3_checkpoint(d, tiny_mistral))
 
 
 @pytest.fixture(scope="session")
 def mistral_trio(tmp_path_factory, tiny_mistral, ru_corpus_small) -> Trio:
     """Base / instruct / adapted tiny Mistral models for lep-merge (see ``builders.build_trio``)."""
-    return build_trio(tmp_path_factory.mktemp("trio-mistral"), tiny_mistral, ru_corpus_small)
+    return built_once(tmp_path_factory, "trio-mistral", lambda d: build_trio(d, tiny_mistral, ru_corpus_small))
 
 
 @pytest.fixture(scope="session")
 def tied_trio(tmp_path_factory, tiny_llama_tied, ru_corpus_small, mistral_trio) -> Trio:
     """The same with a tied Llama; same old tokenizer as ``mistral_trio``, so its vocabulary is reused."""
-    return build_trio(
-        tmp_path_factory.mktemp("trio-tied"), tiny_llama_tied, ru_corpus_small, mistral_trio.new_tokenizer
+    return built_once(
+        tmp_path_factory,
+        "trio-tied",
+        lambda d: build_trio(d, tiny_llama_tied, ru_corpus_small, mistral_trio.new_tokenizer),
     )

@@ -27,6 +27,8 @@ METHODS = {
     "extend": VocabOptions(method="extend", vocab_size=6000, max_chars=500_000),
     "optimize": VocabOptions(method="optimize", vocab_size=6000, keep=12000, max_chars=500_000),
 }
+# extend as it was before issue 29: the target BPE's own tokens, its merges ranked before the old ones
+NEW_MERGES_FIRST = METHODS["extend"].model_copy(update={"keep_old_tokenization": False})
 # mistral (v1) and mistral-v3 (SentencePiece), tekken, gemma: specials inside the BPE vocabulary;
 # llama3, qwen (byte-level) and phi3 (SentencePiece): specials appended after it as added tokens
 LAYOUTS = ALL_LAYOUTS
@@ -34,10 +36,23 @@ CHAT = [{"role": "user", "content": "Привет"}, {"role": "assistant", "cont
 
 
 class Built:
-    """The old tokenizer of each layout and its new ones, each loaded once."""
+    """Each layout's old tokenizer and its new ones (every method, and extend with the new merges first),
+    built on the first test that asks for the layout (a test worker builds only the layouts it runs), each
+    loaded once."""
 
-    def __init__(self, olds, dirs):
-        self.olds, self.dirs, self._loaded = olds, dirs, {}
+    def __init__(self, root, layouts, corpus):
+        self.root, self.layouts, self.corpus = root, layouts, corpus
+        self._dirs, self._loaded = {}, {}
+
+    def old(self, layout):
+        return self.layouts.get(layout)
+
+    def dir(self, layout, method):
+        if (layout, method) not in self._dirs:
+            for name, options in {**METHODS, "new-first": NEW_MERGES_FIRST}.items():
+                out = self.root / f"{layout}-{name}"
+                self._dirs[layout, name] = build_vocabulary(self.old(layout), [self.corpus], options, out)
+        return self._dirs[layout, method]
 
     def load(self, path):
         if path not in self._loaded:
@@ -45,21 +60,13 @@ class Built:
         return self._loaded[path]
 
     def pair(self, layout, method):
-        return self.load(self.olds[layout]), self.load(self.dirs[layout, method])
+        return self.load(self.old(layout)), self.load(self.dir(layout, method))
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ru_corpus_small, family_layouts):
-    """All methods × all layouts, built once for the module."""
-    root = tmp_path_factory.mktemp("vocab")
-    olds = {layout: family_layouts.get(layout) for layout in LAYOUTS}
-    out = {}
-    for layout in LAYOUTS:
-        for method, options in METHODS.items():
-            out[layout, method] = build_vocabulary(
-                olds[layout], [ru_corpus_small], options, root / f"{layout}-{method}"
-            )
-    return Built(olds, out)
+    """All methods × all layouts, each layout built once for the module when first asked for."""
+    return Built(tmp_path_factory.mktemp("vocab"), family_layouts, ru_corpus_small)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +125,7 @@ def test_old_pipeline_and_special_tokens_survive(built, layout, method):
         assert chat_ids.count(marker_id) == text.count(marker.content)
     # decoded as the old tokenizer decodes it (Phi-3's chat markers strip the newline after them)
     assert new.decode(chat_ids) == old.decode(old(text, add_special_tokens=False)["input_ids"])
-    manifest = read_manifest(built.dirs[layout, method])
+    manifest = read_manifest(built.dir(layout, method))
     assert manifest["method"] == method and manifest["new_vocab_size"] == len(new)
     assert len(manifest["corpus_fingerprint"]) == 16 and len(manifest["old_tokenizer_fingerprint"]) == 16
 
@@ -132,13 +139,36 @@ def test_extend_keeps_every_old_id(built, layout):
     assert {t: new_vocab.get(t) for t in old_vocab} == old_vocab
     assert sorted(i for t, i in new_vocab.items() if t not in old_vocab) == list(range(len(old), len(new)))
     assert len(new) > len(old) + 1000
-    assert read_manifest(built.dirs[layout, "extend"])["new_tokens"] == len(new) - len(old)
+    assert read_manifest(built.dir(layout, "extend"))["new_tokens"] == len(new) - len(old)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_extend_tokenizes_the_old_language_as_before(built, layout):
+    """Issue 29: every English held-out word tokenized exactly as by the old tokenizer, every new token
+    reachable from its own text, and Russian compressed about as well as with the new merges ranked first
+    (byte-level layouts: 2 % better; SentencePiece ones: 2.3 % worse, the whitespace and dash pieces that
+    Russian dialogue uses, which English text holds too)."""
+    from lep_plugin.vocab.report import tokenization_stats, unreachable_tokens
+
+    old, new = built.pair(layout, "extend")
+    first = built.load(built.dir(layout, "new-first"))
+    english = tokenization_stats(new, "extend", EN_HELDOUT, reference=old)
+    assert english.words_changed == 0.0
+    assert english.chars_per_token == tokenization_stats(old, "old", EN_HELDOUT).chars_per_token
+    assert unreachable_tokens(new, range(len(old), len(new))) == []
+    manifest = read_manifest(built.dir(layout, "extend"))
+    assert manifest["unreachable_new_tokens"] == 0 and manifest["new_token_scripts"] == ["CYRILLIC"]
+    assert manifest["new_tokens"] == read_manifest(built.dir(layout, "new-first"))["new_tokens"]
+    russian = tokenization_stats(new, "extend", RU_HELDOUT).chars_per_token
+    assert russian >= 0.97 * tokenization_stats(first, "new-first", RU_HELDOUT).chars_per_token
+    # what ranking the new merges first costs: English words split differently
+    assert tokenization_stats(first, "new-first", EN_HELDOUT, reference=old).words_changed > 0.005
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_optimize_keeps_frequent_tokens_and_bytes(built, layout):
     old, new = built.pair(layout, "optimize")
-    manifest = read_manifest(built.dirs[layout, "optimize"])
+    manifest = read_manifest(built.dir(layout, "optimize"))
     assert manifest["kept_old_tokens"] <= 12000  # appended specials counted in
     new_vocab = new.get_vocab()
     # the most frequent old Russian pieces survive; rare old (e.g. CJK) pieces are dropped
@@ -214,7 +244,7 @@ def test_convert_checkpoint_streams_and_initialises(built, tiny_mistral, tmp_pat
 
     from lep_plugin.cli.lep import main
 
-    new_dir = built.dirs["mistral", "extend"]
+    new_dir = built.dir("mistral", "extend")
     target = tmp_path / "converted"
     main(
         [

@@ -17,6 +17,7 @@ from lep_plugin.vocab.mistral import (
 )
 from lep_plugin.vocab.options import ConvertOptions, VocabOptions
 from lep_plugin.vocab.report import (
+    build_summary,
     few_new_tokens_warning,
     markdown_table,
     plot,
@@ -35,16 +36,23 @@ def vocab() -> None:
 @click.option("--corpus", required=True, multiple=True, help="corpus file or glob (.jsonl/.txt); repeatable")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="new tokenizer dir to write")
 @click.option("--force", is_flag=True, help="replace an existing output dir")
+@click.option(
+    "--check-text",
+    "check_texts",
+    multiple=True,
+    help="held-out text (.jsonl/.txt) to compare the old and new tokenizers on, e.g. one per language; repeatable",
+)
 @options_from_model(VocabOptions)
-def build(old: Path, corpus: tuple[str, ...], output: Path, force: bool, options: VocabOptions) -> None:
+def build(
+    old: Path, corpus: tuple[str, ...], output: Path, force: bool, check_texts: tuple[str, ...], options: VocabOptions
+) -> None:
     """Train a new vocabulary on CORPUS in the style of the old tokenizer."""
 
     build_vocabulary(old, list(corpus), options, output, force)
     manifest = read_manifest(output)
-    click.echo(
-        f"wrote {output}: {manifest['method']} vocabulary of {manifest['new_vocab_size']:,} tokens "
-        f"(old: {manifest['old_vocab_size']:,})"
-    )
+    click.echo(build_summary(output, manifest))
+    if check_texts:
+        click.echo(markdown_table(report([old, output], list(check_texts), options.text_field)))
     warning = few_new_tokens_warning(manifest)
     if warning:
         click.echo(warning, err=True)

@@ -1,8 +1,11 @@
-"""Which torch device a command computes on: one rule for ``--device`` of ``lep-merge`` and ``lep eval``."""
+"""Which torch device a command computes on: one rule for ``--device`` of ``lep-merge`` and ``lep eval``;
+and what machine a measured figure comes from."""
 
 from __future__ import annotations
 
+import platform
 import re
+from pathlib import Path
 
 import torch
 
@@ -34,3 +37,20 @@ def free_bytes(device: torch.device) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+def machine_description() -> dict[str, str | int]:
+    """The CPU a figure was measured on (its model name and widest vector extension: results that depend
+    on the BLAS kernel differ between AVX2 and AVX-512 machines), torch's threads and version."""
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    vector = next((isa for isa in ("avx512_bf16", "avx512f", "avx2") if f" {isa}" in flags), "")
+    vector = {"avx512_bf16": "AVX-512 with bf16", "avx512f": "AVX-512", "avx2": "AVX2"}.get(vector, "")
+    return {"cpu": cpu, "vector": vector, "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from lep_plugin.common.corpus import iter_texts
+from lep_plugin.common.devices import machine_description
 from lep_plugin.common.fs import atomic_file, write_text_atomic
 from lep_plugin.demo.circuit import CircuitLayout, circuit_snapshot, install_copy_circuit, restore_circuit_
 from lep_plugin.demo.models import repeat_losses_of
@@ -203,18 +203,6 @@ def load_state(path: Path, model, opt) -> tuple[int, float, list[dict]]:
     return int(state["step"]), float(state["seconds"]), history
 
 
-def _machine() -> dict[str, str | int]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
 def train_loop(
     model, tok, chunks, heldout, options: PretrainOptions, work: Path, log: Callable[[str], None], stop_after=None
 ):
@@ -307,7 +295,7 @@ def save_base(target, model, tok, options, history, seconds, data, circuit_facts
         "steps": options.steps,
         "wall_seconds": round(seconds, 1),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": _machine(),
+        "machine": machine_description(),
         "data": data,
         "circuit": circuit_facts,
         "final": history[-1],

@@ -38,7 +38,9 @@ from lep_plugin.common.tokenizers import (
     tokenizer_style,
 )
 from lep_plugin.errors import LEPError
+from lep_plugin.vocab.continued import MAX_TOKEN_LENGTH, continue_bpe
 from lep_plugin.vocab.merges import completed_merges
+from lep_plugin.vocab.report import unreachable_in_spec
 
 if TYPE_CHECKING:  # vocab.options derives its method choices from VOCAB_METHODS below
     from lep_plugin.vocab.options import VocabOptions
@@ -48,7 +50,6 @@ BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 # Characters a SentencePiece-style vocabulary gets as tokens of their own; rarer ones use byte fallback
 # (the analogue of SentencePiece's character_coverage).
 SP_ALPHABET_LIMIT = 400
-MAX_TOKEN_LENGTH = 24
 
 
 def build_vocabulary(
@@ -80,6 +81,9 @@ def build_vocabulary(
         # tokenize as SentencePiece and llama.cpp do (see lep_plugin.vocab.merges)
         model = new_spec["model"]
         model["merges"] = [list(pair) for pair in completed_merges(model["vocab"], _merge_pairs(model["merges"]))]
+    old_tokens = set(old.get_vocab())
+    new_ids = [i for t, i in _vocab_ids(new_spec["model"]).items() if t not in old_tokens]
+    stats["unreachable_new_tokens"] = len(unreachable_in_spec(new_spec, new_ids))
     manifest = {
         "lep_plugin_version": version("lep-plugin"),
         "method": options.method,
@@ -286,9 +290,9 @@ def _whole_new(source: BuildSource, options: VocabOptions):
     return _finish(spec, model), {"trained_size": len(_vocab_ids(trained)), "reserved": len(reserved)}
 
 
-def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOptions, keep_ids: set[int] | None):
-    """The old vocabulary (all of it, or the model ids ``keep_ids`` and every added token) plus the
-    target-language BPE's new tokens after the last old id; new merges first, then the old ones.
+def _extend(source: BuildSource, options: VocabOptions, keep_ids: set[int] | None):
+    """The old vocabulary (all of it, or the model ids ``keep_ids`` and every added token) plus new
+    target-language tokens after the last old id.
 
     Old ids – of the model's tokens and of the added tokens appended after them – are one id space:
     ``extend`` keeps it as it is, ``optimize`` keeps its order and closes it up. New tokens come after it,
@@ -296,7 +300,12 @@ def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOpti
     they join the model's vocabulary at their ids, as Tekken's control tokens sit in its own (no merge makes
     them, and the added-token list still marks them special), and Llama-3's ``<|begin_of_text|>`` is
     128,000 before and after, the new tokens starting at 128,256.
+
+    As many new tokens as a target-language BPE of ``vocab_size`` has beyond the kept ones: by default
+    learned on top of the old merges (:mod:`lep_plugin.vocab.continued`), so old-language text keeps its
+    tokenization; with ``keep_old_tokenization: false`` the BPE's own tokens, its merges ranked first.
     """
+    spec, style = source.spec, source.style
     if spec["model"]["type"] != "BPE":
         raise LEPError(f"method {options.method!r} needs a BPE tokenizer, this one is {spec['model']['type']}")
     old_vocab: dict[str, int] = spec["model"]["vocab"]
@@ -310,23 +319,27 @@ def _extend(spec: dict[str, Any], style: Style, texts: Texts, options: VocabOpti
         kept = {t: n for n, (_, t) in enumerate(order)}
         merges = [(a, b) for a, b in old_merges if a in kept and b in kept and a + b in kept]
     added = {t["content"] for t in spec.get("added_tokens", [])}
-    trained = _train(spec, style, texts, "bpe", options.vocab_size, options)
-    next_id = max(kept.values()) + 1
+    trained = _train(spec, style, source.texts, "bpe", options.vocab_size, options)
+    trained_new = [t for t in sorted(trained["vocab"], key=trained["vocab"].get) if t not in kept and t not in added]
+    stats: dict[str, Any] = {"kept_old_tokens": len(kept), "trained_size": len(trained["vocab"])}
+    if options.keep_old_tokenization:
+        kept_model = {**spec["model"], "vocab": kept, "merges": [list(m) for m in merges]}
+        pipeline = _trainer_pipeline(spec, style)
+        grown = continue_bpe(pipeline, style == "byte_level", kept_model, source.texts, len(trained_new), options)
+        new_tokens, new_merges = grown.tokens, grown.merges
+        stats["new_token_scripts"] = list(grown.scripts)
+    else:
+        new_tokens, new_merges = trained_new, _merge_pairs(trained["merges"])
     vocab = dict(kept)
-    new_tokens = 0
-    for token in sorted(trained["vocab"], key=trained["vocab"].get):
-        if token not in vocab and token not in added:
+    next_id = max(kept.values()) + 1
+    for token in new_tokens:
+        if token not in vocab:
             vocab[token] = next_id
             next_id += 1
-            new_tokens += 1
-    seen: set[tuple[str, str]] = set()
-    all_merges = []
-    for pair in _merge_pairs(trained["merges"]) + merges:
-        if pair not in seen:
-            seen.add(pair)
-            all_merges.append(list(pair))
+    ordered = merges + new_merges if options.keep_old_tokenization else new_merges + merges
+    all_merges = [list(pair) for pair in dict.fromkeys(tuple(p) for p in ordered)]
     model = {**spec["model"], "vocab": vocab, "merges": all_merges}
-    stats = {"new_tokens": new_tokens, "kept_old_tokens": len(kept), "trained_size": len(trained["vocab"])}
+    stats["new_tokens"] = len(vocab) - len(kept)
     return _finish(spec, model), stats
 
 
@@ -401,12 +414,12 @@ def _count(backend, batch: list[str], counts: np.ndarray) -> None:
 
 def _extend_all(source: BuildSource, options: VocabOptions):
     """``extend``: every old id keeps its meaning, new tokens go after the last old id."""
-    return _extend(source.spec, source.style, source.texts, options, keep_ids=None)
+    return _extend(source, options, keep_ids=None)
 
 
 def _optimize(source: BuildSource, options: VocabOptions):
     """``optimize``: the ``keep`` old tokens most used on the corpus, then extend."""
-    return _extend(source.spec, source.style, source.texts, options, keep_ids=_most_frequent(source, options))
+    return _extend(source, options, keep_ids=_most_frequent(source, options))
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -431,7 +444,8 @@ VOCAB_METHODS: dict[str, VocabularyMethod] = {
         VocabularyMethod("unigram", "a whole new Unigram vocabulary trained on the target corpus", _whole_new),
         VocabularyMethod(
             "extend",
-            "the old vocabulary kept whole, plus new tokens of a target-language BPE (new merges first)",
+            "the old vocabulary kept whole, plus target-language tokens learned on top of its merges "
+            "(old-language text tokenized as before)",
             _extend_all,
         ),
         VocabularyMethod(

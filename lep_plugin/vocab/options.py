@@ -27,6 +27,18 @@ class VocabOptions(BaseModel):
     text_field: str = Field(default="text", description="field of .jsonl corpus records holding the text")
     min_frequency: int = Field(default=2, ge=1, description="least corpus frequency of a new merge")
     max_chars: int | None = Field(default=None, gt=0, description="read at most this many corpus characters")
+    keep_old_tokenization: bool = Field(
+        default=True,
+        description="extend/optimize: learn the new merges after the old ones, each making a token with a letter "
+        "of new_token_scripts, so text without such letters is tokenized exactly as before; false: the "
+        "target-language BPE's own tokens and merges ranked first (a little more compression of the target "
+        "language, old-language words split differently)",
+    )
+    new_token_scripts: str = Field(
+        default="auto",
+        description="extend/optimize: the Unicode scripts (comma-separated first words of letter names, e.g. "
+        "CYRILLIC) a new token must hold a letter of; auto: those of at least 25 % of the corpus's letters",
+    )
 
     @model_validator(mode="after")
     def _keep_only_for_optimize(self):
