@@ -10,19 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, settings_named
 from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+from lep_plugin.plugin.adapters import lora_kernels_for_cpu, trained_parts
 from lep_plugin.plugin.args import parse_lep_block
 from lep_plugin.plugin.eval_callback import eval_options
 from lep_plugin.plugin.vocabulary import locate_vocabulary
 
 PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
-TRAINED = {
-    "embeddings": "the input embedding and lm_head matrices; every other weight frozen",
-    "new_rows": "only the rows of new tokens in the input embedding and lm_head; everything else frozen",
-    "off": "whatever the rest of the YAML says (the plugin does not freeze anything)",
-}
 
 
 def check_config(path: Path) -> list[str]:
@@ -43,7 +41,10 @@ def check_config(path: Path) -> list[str]:
         lines += _vocabulary_lines(cfg, config)
     else:
         lines.append("vocabulary: none (the base model's own vocabulary is trained)")
-    lines.append(f"trains: {TRAINED[config.train]} (lep.train: {config.train})")
+    lines.append(f"trains: {trained_parts(config.train, config.body, cfg.get('adapter'))} (lep.train: {config.train})")
+    kernels = lora_kernels_for_cpu(dict(cfg), torch.cuda.is_available())
+    if kernels:
+        lines.append(f"{kernels}: the plugin sets them so on this machine")
     if config.eval is not None:
         lines.append(_eval_line(config.eval))
     return lines

@@ -148,7 +148,9 @@ def plan_merge(options: MergeOptions) -> Plan:
     options = with_adapter_base(options)  # a LoRA donor names its base
     _check_paths(options)
     models = _open_models(options)
-    body_lora = donor_body_lora(options, models)
+    if options.check_adapted:
+        check_same_tying(models)
+    body_lora, lora_notes = donor_body_lora(options, models)
     instruct_tok, old_tok, new_tok_dir, new_tok = _tokenizers(options, models)
     matrices = [_matrix(side, models, old_tok, new_tok, new_tok_dir) for side in _sides(models["instruct"].names)]
     if len({m.shapes["adapted"][0] for m in matrices}) != 1:
@@ -163,6 +165,7 @@ def plan_merge(options: MergeOptions) -> Plan:
         if models[role].weights_dir != models[role].given
     ]
     notes += [note for note in (same_weights_note(models), card_base_model_note(options, models)) if note]
+    notes += lora_notes
     return Plan(
         options=options,
         models=models,
@@ -256,6 +259,18 @@ def _tokenizers(options: MergeOptions, models: dict[str, Model]):
 
 
 PLUGIN_NOT_LOADED = "was `plugins: [lep_plugin.LEPPlugin]` in its YAML? (--no-check-adapted merges it anyway)"
+
+
+def check_same_tying(models: dict[str, Model]) -> None:
+    """Instruction tuning keeps a model's tying: a base that ties its embeddings and an instruct model that
+    does not (or the reverse) are two different models (Llama-3.2's tied 1B/3B against Llama-3's 8B)."""
+    base, instruct = models["base"], models["instruct"]
+    if base.names.tied != instruct.names.tied:
+        ties = {True: "ties its input and output embeddings", False: "has separate input and output embeddings"}
+        raise LEPError(
+            f"base {base.given} {ties[base.names.tied]} but instruct {instruct.given} {ties[instruct.names.tied]}: "
+            f"not the base this instruct model was tuned from{NO_CHECK}"
+        )
 
 
 def check_adapted(models: dict[str, Model], old_tok, new_tok) -> None:

@@ -23,7 +23,7 @@ from lep_plugin.common.fs import read_json, write_text_atomic
 from lep_plugin.common.tokenizers import chars_per_token_change
 from lep_plugin.errors import LEPError
 from lep_plugin.evaluation.report import markdown_table
-from lep_plugin.propagation.fits import FitResult, Fits
+from lep_plugin.propagation.fits import FitResult, Fits, unrelated_warning
 from lep_plugin.propagation.methods import METHODS
 from lep_plugin.vocab.build import VOCAB_METHODS
 
@@ -247,6 +247,10 @@ def _title(model: str, languages: list[str] | None, detail: str | None = None) -
     """``# <model name> with an LEP vocabulary (<languages>, <detail>)``: the name, not an output dir."""
     inside = ", ".join(([", ".join(languages)] if languages else []) + ([detail] if detail else []))
     return f"# {model.rstrip('/').split('/')[-1]} with an LEP vocabulary" + (f" ({inside})" if inside else "")
+
+
+def _warning(text: str | None) -> str:
+    return f"> **{text.split(': ', 1)[0].capitalize()}**: {text.split(': ', 1)[1]}\n\n" if text else ""
 
 
 def _todo(base_model: str | None, source: str, flag: str) -> str:
@@ -491,7 +495,8 @@ def merge_card(name: str, method: str, facts: CardFacts, fits: Fits) -> str:
         front_matter=_front_matter(facts.base_model_id, facts.metadata, facts.languages),
         marker=MARKER,
         title=_title(facts.base_model_id or hub_id(facts.instruct), facts.languages, method),
-        todo=_todo(facts.base_model_id, f"`{facts.instruct}`", "`lep-merge --base-model-id ORG/NAME`"),
+        todo=_warning(unrelated_warning(fits, method))
+        + _todo(facts.base_model_id, f"`{facts.instruct}`", "`lep-merge --base-model-id ORG/NAME`"),
         instruct=facts.instruct,
         base=facts.base,
         paper=PAPER,
