@@ -9,11 +9,12 @@ base model's: the adapter only serves to load it quantised); with ``lep.body: lo
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from lep_plugin.errors import LEPError
+
+if TYPE_CHECKING:  # `lep check` reads these rules without loading torch
+    from torch import nn
 
 ADAPTERS = ("lora", "qlora")  # the adapters `lep.train` (not off) accepts: args.adapter_conflicts
 # Axolotl's fused LoRA kernels (Triton, CUDA only); its config validation turns on the ones left unset

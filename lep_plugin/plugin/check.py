@@ -10,14 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, settings_named
-from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
-from lep_plugin.plugin.adapters import lora_kernels_for_cpu, trained_parts
+from lep_plugin.plugin.adapters import ADAPTERS, lora_kernels_for_cpu, trained_parts
 from lep_plugin.plugin.args import parse_lep_block
-from lep_plugin.plugin.eval_callback import eval_options
 from lep_plugin.plugin.vocabulary import locate_vocabulary
 
 PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
@@ -42,7 +38,7 @@ def check_config(path: Path) -> list[str]:
     else:
         lines.append("vocabulary: none (the base model's own vocabulary is trained)")
     lines.append(f"trains: {trained_parts(config.train, config.body, cfg.get('adapter'))} (lep.train: {config.train})")
-    kernels = lora_kernels_for_cpu(dict(cfg), torch.cuda.is_available())
+    kernels = lora_kernels_for_cpu(dict(cfg), _cuda()) if cfg.get("adapter") in ADAPTERS else None
     if kernels:
         lines.append(f"{kernels}: the plugin sets them so on this machine")
     if config.eval is not None:
@@ -66,7 +62,16 @@ def _vocabulary_lines(cfg: dict[str, Any], config) -> list[str]:
     ]
 
 
+def _cuda() -> bool:
+    import torch  # only for a YAML with an adapter: the rest of the check answers without loading torch
+
+    return torch.cuda.is_available()
+
+
 def _eval_line(options: dict[str, Any]) -> str:
+    # lazy: the evaluation (torch) loads only for a YAML with `lep.eval:`
+    from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+    from lep_plugin.plugin.eval_callback import eval_options  # lazy: transformers' trainer callbacks
 
     validated = eval_options(options)
     with settings_named("yaml", "lep.eval"):

@@ -19,17 +19,15 @@ from lep_plugin.checkpoints.model_config import (
     load_config,
 )
 from lep_plugin.checkpoints.peft import AdapterCheckpoint, resolve_adapter_dir
-from lep_plugin.common.fs import check_no_overlap, check_output_dir
 from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
 from lep_plugin.errors import LEPError
 from lep_plugin.propagation.lora import BodyLora, donor_body_lora, with_adapter_base
 from lep_plugin.propagation.methods import methods_of
-from lep_plugin.propagation.options import MergeOptions
+from lep_plugin.propagation.options import ROLES, MergeOptions, check_merge_paths
 from lep_plugin.publish.card import known_hub_id, unknown_hub_id_warning
 
 # adapted rows beyond its tokenizer are accepted as padding (Qwen pads 151,665 ids to 151,936 rows)
 MAX_PADDING_ROWS = 1024
-ROLES = ("base", "instruct", "adapted")  # the input models, in the order plans and reports list them
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,7 @@ class Plan:
 def plan_merge(options: MergeOptions) -> Plan:
     """Check all inputs and decide what will be written; reads headers, configs and tokenizers only."""
     options = with_adapter_base(options)  # a LoRA donor names its base
-    _check_paths(options)
+    check_merge_paths(options)
     models = _open_models(options)
     if options.check_adapted:
         check_same_tying(models)
@@ -180,16 +178,6 @@ def plan_merge(options: MergeOptions) -> Plan:
         notes=notes,
         body_lora=body_lora,
     )
-
-
-def _check_paths(options: MergeOptions) -> None:
-    inputs = {role: getattr(options, role) for role in ROLES}
-    for role, path in inputs.items():
-        if not Path(path).is_dir():
-            raise LEPError(f"{role} {path} is not a directory")
-    check_no_overlap(options.output, inputs)
-    if not options.dry_run:
-        check_output_dir(options.output, options.force)
 
 
 def _open_models(options: MergeOptions) -> dict[str, Model]:

@@ -25,7 +25,7 @@ from lep_plugin.math import propagation as prop
 from lep_plugin.math.operator import trained_rows
 from lep_plugin.propagation.fits import FitResult, Fits, fits_json, unrelated_warning
 from lep_plugin.propagation.lora import body_replacements, write_body_adapter
-from lep_plugin.propagation.methods import METHODS, SYSTEMS, FitSystem, systems_for
+from lep_plugin.propagation.methods import METHODS, systems_for
 from lep_plugin.propagation.options import MergeOptions
 from lep_plugin.propagation.output import (
     recommendation,
@@ -34,6 +34,7 @@ from lep_plugin.propagation.output import (
     write_tokenizer_and_configs,
 )
 from lep_plugin.propagation.plan import ROLES, Matrix, Plan, plan_merge
+from lep_plugin.propagation.systems import SYSTEMS, FitSystem
 from lep_plugin.publish.outputs import finish_merge_output, merge_facts
 
 REPORT = "lep_merge.json"
