@@ -130,6 +130,14 @@ def lep_lines(output: str, pattern: str) -> list[re.Match]:
     return [m for m in re.finditer(r"\[lep rank (\d+)\] " + pattern, output)]
 
 
+def private_files(directory: Path) -> list[str]:
+    """Files under ``directory`` that others cannot read although the umask would let them (0600 ones)."""
+    from lep_plugin.common.fs import current_umask
+
+    readable = 0o444 & ~current_umask()
+    return [str(p) for p in Path(directory).rglob("*") if p.is_file() and p.stat().st_mode & readable != readable]
+
+
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted(Path(directory).glob("*.safetensors")):

@@ -100,10 +100,14 @@ def _check_comparison_figure(records):
     shown = [m for m in METRICS if m not in empty]
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == [
-        f"{TITLES[m]} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)" for m in shown
+        f"{TITLES[m]}\n({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)" for m in shown
     ]
     width, height = fig.get_size_inches()
     assert width <= 14 and height <= 10  # a grid that fits a screen, not one long row
+    fig.canvas.draw()  # every title whole inside the figure (a last panel's was cut at its right edge)
+    for ax in axes:
+        box = ax.title.get_window_extent()
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, ax.get_title()
     for ax, metric in zip(axes, shown):
         assert [t.get_text() for t in ax.get_xticklabels()] == texts
         assert len([c for c in ax.containers if c.get_label()]) == len(records)

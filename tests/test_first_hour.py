@@ -334,3 +334,37 @@ def test_a_vocabulary_that_adds_almost_nothing_is_flagged(mistral_tokenizer, ru_
         ]
     )
     assert "warning" not in capsys.readouterr().err
+
+
+USAGE_ERRORS = {  # command -> its arguments with a usage error (an output that exists, a missing file)
+    "lep_plugin.cli.merge": ["--base", "{d}", "--instruct", "{d}", "--adapted", "{d}", "--output", "{taken}"],
+    "lep_plugin.cli.lep check": ["{d}/missing.yml"],
+    "lep_plugin.cli.lep vocab build": [
+        "--tokenizer", "{d}", "--corpus", "x.jsonl", "--method", "extend", "--vocab-size", "100", "--output", "{taken}"
+    ],
+    "lep_plugin.cli.lep vocab convert": ["--model", "{d}", "--tokenizer", "{d}", "--output", "{taken}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(USAGE_ERRORS))
+def test_a_usage_error_answers_before_torch_loads(command, tmp_path):
+    """Path and argument errors come before the heavy imports (torch, transformers: seconds), so a typo
+    answers at once: the process ends with its one error line and torch was never imported."""
+    import subprocess
+    import sys
+
+    (tmp_path / "taken").mkdir()
+    module, *sub = command.split()
+    args = sub + [a.format(d=tmp_path / "in", taken=tmp_path / "taken") for a in USAGE_ERRORS[command]]
+    (tmp_path / "in").mkdir()
+    probe = (
+        "import sys\n"
+        f"from {module} import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as done:\n"
+        "    print('exit', done.code, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "exit 2 False", (result.stdout, result.stderr[-2000:])
+    assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ import pytest
 import torch
 from _plugin_helpers import (
     load_weights,
+    private_files,
     run_train,
     tiny_config,
     training_data,
@@ -49,8 +50,10 @@ ADAPTER = {
     "lora_modules_to_save": ["embed_tokens", "lm_head"],
     **NO_KERNELS,
 }
+# the QLoRA run leaves the kernels unset, as the README's recipe does: the plugin turns them off on CPU
+QLORA_ADAPTER = {k: v for k, v in ADAPTER.items() if k not in NO_KERNELS}
 RUNS = {
-    "qlora": ({"adapter": "qlora", "load_in_4bit": True, "optimizer": "adamw_bnb_8bit", **ADAPTER}, "frozen"),
+    "qlora": ({"adapter": "qlora", "load_in_4bit": True, "optimizer": "adamw_bnb_8bit", **QLORA_ADAPTER}, "frozen"),
     "lora": ({"adapter": "lora", **ADAPTER}, "lora"),
 }
 
@@ -92,6 +95,7 @@ def test_qlora_trains_only_full_precision_embeddings(runs, tiny_mistral):
 
     output, log = runs["qlora"]
     assert "modules_to_save.default.weight only; everything else frozen" in log and "body LoRA" not in log
+    assert f"no CUDA: {', '.join(NO_KERNELS)} set to false" in log
     assert json.loads((output / "config.json").read_text())["quantization_config"]["load_in_4bit"] is True
     state = _adapter(output)
     lora_b = [v for k, v in state.items() if ".lora_B." in k]
@@ -110,12 +114,19 @@ def test_qlora_trains_only_full_precision_embeddings(runs, tiny_mistral):
 
 @pytest.mark.e2e
 def test_qlora_donor_merges_with_the_instruct_body_unchanged(runs, tiny_mistral, tmp_path):
+    """A frozen body's adapter (every lora_B zero) carries nothing, whatever --lora-scale says: the plan
+    and the card say so, and the scale given is a warning."""
     output, _ = runs["qlora"]
-    merged = tmp_path / "merged"
-    run_merge(MergeOptions(instruct=runs["instruct"], adapted=output, output=merged), echo=lambda _: None)
+    merged, said = tmp_path / "merged", []
+    run_merge(MergeOptions(instruct=runs["instruct"], adapted=output, output=merged, lora_scale=0.5), echo=said.append)
     got, instruct = load_weights(merged), load_weights(runs["instruct"])
     body = [n for n in instruct if "embed_tokens" not in n and "lm_head" not in n]
     assert body and all(torch.equal(got[n], instruct[n]) for n in body)
+    plan = said[0]
+    assert "carry" not in plan and "lora_B are zero (a frozen body): nothing to carry" in plan
+    assert "warning: `lora_scale` 0.5 has no effect: the adapter's body LoRA is zero" in plan
+    assert "body_lora" not in json.loads((merged / "lep_merge.json").read_text())
+    assert "LoRA" not in (merged / "README.md").read_text()
 
 
 @pytest.mark.e2e
@@ -128,10 +139,18 @@ def test_lora_donor_from_train_to_a_chatting_instruct_model(runs, tmp_path):
     assert "the body LoRA (" in log
     assert any(v.any() for k, v in _adapter(output).items() if ".lora_B." in k), "the body LoRA did not train"
     assert (output / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    # what the run leaves is readable as the umask says (safetensors writes its files 0600)
+    assert private_files(output) == []
+    # the adapter's base is checked by its weights: a copy of the right base elsewhere is accepted
+    named = json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(named).is_absolute()
+    copied_base = shutil.copytree(named, tmp_path / "base-copy")
     merged = tmp_path / "merged"
     run_merge(
-        MergeOptions(instruct=runs["instruct"], adapted=output, output=merged, lora_scale=0.5), echo=lambda _: None
+        MergeOptions(base=copied_base, instruct=runs["instruct"], adapted=output, output=merged, lora_scale=0.5),
+        echo=lambda _: None,
     )
+    assert private_files(merged) == []
     report = json.loads((merged / "lep_merge.json").read_text())["body_lora"]
     assert report["lora_scale"] == 0.5 and report["pairs"] == 14  # 7 linear layers × 2 layers
     got, instruct = load_weights(merged), load_weights(runs["instruct"])
@@ -201,3 +220,44 @@ def test_adapter_settings_pass(tmp_path, tiny_mistral, run):
     cfg["lep"]["body"] = body
     validated = _schema_validate(cfg)
     assert validated.adapter == settings["adapter"] and validated.lep["body"] == body
+
+
+# ---- what `lep check` says of the adapter modes, and the CUDA-only kernels (no launch) ------------------
+
+
+@pytest.mark.parametrize("train", ["embeddings", "new_rows"])
+@pytest.mark.parametrize("adapter, body", [(None, "frozen"), ("qlora", "frozen"), ("lora", "frozen"), ("lora", "lora")])
+def test_lep_check_names_what_trains(tmp_path, tiny_mistral, train, adapter, body):
+    from lep_plugin.plugin.adapters import trained_parts
+    from lep_plugin.plugin.check import check_config
+
+    settings = {} if adapter is None else {**QLORA_ADAPTER, "adapter": adapter}
+    if adapter == "qlora":
+        settings["load_in_4bit"] = True
+    cfg = tiny_config(tmp_path, tiny_mistral, tmp_path / "train.jsonl", **settings)
+    cfg["lep"].update(train=train, body=body)
+    cfg["weight_decay"] = 0.0 if train == "new_rows" else cfg["weight_decay"]
+    (tmp_path / "vocab-corpus.jsonl").write_text('{"text": "привет"}\n', encoding="utf-8")
+    lines = check_config(write_config(tmp_path / "c.yml", cfg))
+    trains = next(line for line in lines if line.startswith("trains: "))
+    assert trains == f"trains: {trained_parts(train, body, adapter)} (lep.train: {train})"
+    assert ("body LoRA" in trains) == (body == "lora")
+    assert ("new tokens" in trains) == (train == "new_rows")
+    kernels = [line for line in lines if "fused LoRA kernels" in line]
+    assert len(kernels) == (0 if adapter is None or torch.cuda.is_available() else 1)
+    if adapter is not None and not torch.cuda.is_available():
+        cfg["lora_qkv_kernel"] = True  # asked for by the user: refused, with the keys to set
+        with pytest.raises(LEPError, match="lora_qkv_kernel: Axolotl's fused LoRA kernels need CUDA"):
+            check_config(write_config(tmp_path / "c.yml", cfg))
+
+
+def test_the_plugin_records_the_base_by_an_absolute_path(tmp_path, tiny_mistral, monkeypatch):
+    """A relative `base_model:` is made absolute before Axolotl reads it: the adapter's config and the
+    manifest name a dir that lep-merge finds from anywhere."""
+    from lep_plugin.plugin.plugin import LEPPlugin
+
+    shutil.copytree(tiny_mistral, tmp_path / "models" / "base")
+    monkeypatch.chdir(tmp_path)
+    cfg = {"base_model": "models/base", "lep": {"train": "embeddings"}}
+    LEPPlugin().register(cfg)
+    assert cfg["base_model"] == str(tmp_path / "models" / "base")

@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from lep_plugin.common.fs import (
     atomic_file,
@@ -48,11 +50,30 @@ def test_files_and_dirs_written_through_the_helper(tmp_path, umask):
         tmp.unlink()
         tmp.write_bytes(b"GGUF")
     assert write_card(tmp_path, "<!-- lep-plugin model card -->\n# card\n")  # README.md
-    with atomic_output_dir(tmp_path / "vocab") as tmp:  # lep vocab build / convert, lep-merge
+    with atomic_output_dir(tmp_path / "vocab") as tmp:  # lep vocab build / convert, lep-merge, lep tiny
         (tmp / "tokenizer.json").write_text("{}")
         (tmp / "sub").mkdir()
-    for name in ("eval.json", "eval.png", "model.gguf", "README.md", "vocab/tokenizer.json"):
+        save_file({"t": torch.zeros(2)}, str(tmp / "sub" / "adapter_model.safetensors"))  # written 0600
+    names = ("eval.json", "eval.png", "model.gguf", "README.md", "vocab/tokenizer.json")
+    for name in (*names, "vocab/sub/adapter_model.safetensors"):
         assert _mode(tmp_path / name) == file_mode, name
     assert _mode(tmp_path / "vocab") == dir_mode and _mode(tmp_path / "vocab" / "sub") == dir_mode
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert _mode(temp_dir(".cache.tmp-", tmp_path)) == dir_mode  # llama.cpp's converter in the cache
+
+
+def test_a_training_output_is_opened_up_keeping_wider_modes(tmp_path, umask):
+    """The plugin's checkpoints and adapter files (the trainer writes safetensors 0600): opened up to what
+    the umask allows; a mode already wider (an executable) keeps its bits."""
+    from lep_plugin.common.fs import as_if_created_tree
+
+    run = tmp_path / "out"
+    (run / "checkpoint-2").mkdir(parents=True)
+    save_file({"t": torch.zeros(2)}, str(run / "checkpoint-2" / "model.safetensors"))
+    script = run / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    as_if_created_tree(run)
+    assert _mode(run / "checkpoint-2" / "model.safetensors") == 0o666 & ~umask
+    assert _mode(run / "checkpoint-2") == 0o777 & ~umask
+    assert _mode(script) == 0o755 | (0o666 & ~umask)

@@ -22,8 +22,7 @@ from lep_plugin.cli.options import options_from_model, run_cli
 from lep_plugin.cli.quiet import verbose_option
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
-from lep_plugin.propagation.options import MergeOptions
-from lep_plugin.propagation.run import run_merge
+from lep_plugin.propagation.options import MergeOptions, check_merge_paths
 
 YAML_SECTION = "lep_merge"
 
@@ -76,8 +75,12 @@ def merge_options(config: Path | None, flags: pydantic.BaseModel) -> MergeOption
 
 
 def _run(config: Path | None, options: pydantic.BaseModel) -> None:
+    settings = merge_options(config, options)
+    check_merge_paths(settings)  # a usage error answers in a second, before torch and transformers load
+    # lazy: the merge itself (torch, transformers) loads only for settings that passed the checks above
+    from lep_plugin.propagation.run import run_merge
 
-    run_merge(merge_options(config, options), echo=click.echo)
+    run_merge(settings, echo=click.echo)
 
 
 @click.command(name="lep-merge", help=__doc__.split("\n\n")[0])

@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 
 from lep_plugin.cli.options import options_from_model
-from lep_plugin.common.fs import atomic_output_dir
+from lep_plugin.common.fs import atomic_output_dir, check_output_dir
 from lep_plugin.common.tokenizers import read_manifest
 from lep_plugin.vocab.build import build_vocabulary
-from lep_plugin.vocab.convert import convert_checkpoint
 from lep_plugin.vocab.mistral import (
     import_mistral_common_tokenizer,
     mistral_common_file,
@@ -93,6 +92,9 @@ def import_(source: Path, output: Path, force: bool) -> None:
 @options_from_model(ConvertOptions)
 def convert(model: Path, new: Path, output: Path, force: bool, options: ConvertOptions) -> None:
     """Write MODEL with the new vocabulary: T-initialised embedding and lm_head, streamed shard by shard."""
+    check_output_dir(output, force)  # before torch loads: a usage error answers at once
+    # lazy: the conversion loads torch; the other vocabulary commands never need it
+    from lep_plugin.vocab.convert import convert_checkpoint
 
     summary = convert_checkpoint(model, new, output, options, force)
     click.echo(summary)

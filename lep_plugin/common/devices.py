@@ -6,10 +6,12 @@ from __future__ import annotations
 import platform
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lep_plugin.errors import LEPError
+
+if TYPE_CHECKING:  # torch loads when a device is resolved, not when the options naming one are built
+    import torch
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
@@ -17,6 +19,8 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 def resolve_device(choice: str | None) -> torch.device:
     """``auto`` (or None): the first GPU if torch sees one, else the CPU; ``cpu``; ``cuda`` / ``cuda:N``
     (refused, in one line, when there is no such GPU)."""
+    import torch
+
     choice = choice or "auto"
     if not re.match(DEVICE_PATTERN, choice):
         raise LEPError(f"device {choice!r}: expected auto, cpu, cuda or cuda:N")
@@ -35,6 +39,8 @@ def free_bytes(device: torch.device) -> int | None:
     """Free memory of a GPU (None for the CPU: the operating system decides)."""
     if device.type != "cuda":
         return None
+    import torch
+
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
 
@@ -53,4 +59,6 @@ def machine_description() -> dict[str, str | int]:
         pass
     vector = next((isa for isa in ("avx512_bf16", "avx512f", "avx2") if f" {isa}" in flags), "")
     vector = {"avx512_bf16": "AVX-512 with bf16", "avx512f": "AVX-512", "avx2": "AVX2"}.get(vector, "")
+    import torch
+
     return {"cpu": cpu, "vector": vector, "threads": torch.get_num_threads(), "torch": torch.__version__}

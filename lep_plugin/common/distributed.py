@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -28,8 +29,12 @@ def world_size() -> int:
 
 def log_rank(message: str) -> None:
     """``[lep rank N] message`` on stdout: Axolotl reconfigures logging per module, and a multi-rank run
-    is checked by what each rank says."""
-    print(f"[lep rank {rank()}] {message}", flush=True)
+    is checked by what each rank says. Written through tqdm, so it lands above a training progress bar,
+    not inside it."""
+    from tqdm import tqdm
+
+    tqdm.write(f"[lep rank {rank()}] {message}", file=sys.stdout)
+    sys.stdout.flush()
 
 
 def is_main() -> bool:

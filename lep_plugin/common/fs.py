@@ -68,6 +68,19 @@ def as_if_created(path: str | os.PathLike) -> None:
     os.chmod(path, base & ~current_umask())
 
 
+def as_if_created_tree(root: str | os.PathLike) -> None:
+    """:func:`as_if_created` on ``root`` and everything in it that is too private for the umask: files that
+    safetensors, ``tempfile`` or a library wrote 0600 (links are left alone)."""
+    mask = current_umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if path.is_symlink():
+            continue
+        wanted = (0o777 if path.is_dir() else 0o666) & ~mask
+        mode = path.stat().st_mode & 0o7777
+        if mode & wanted != wanted:
+            os.chmod(path, mode | wanted)
+
+
 def temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
     """A new temporary dir in ``dir`` with the mode of a plain ``mkdir`` (it is renamed into place later).
 
@@ -145,6 +158,7 @@ def atomic_output_dir(output: str | os.PathLike, force: bool = False) -> Iterato
         tmp = temp_dir(f".{output.name}.tmp-", output.parent)
         try:
             yield tmp
+            as_if_created_tree(tmp)  # what the writers made 0600 (safetensors does) reads as the umask says
             if output.exists():
                 trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
                 os.replace(output, trash / output.name)

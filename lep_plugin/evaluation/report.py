@@ -138,7 +138,7 @@ def _panel(ax, records: list[dict[str, Any]], labels: list[str], metric: str) ->
             _draw_chance(ax, xs, width, [_chance(record, label, metric) for label in labels], labelled=k == 0)
     ax.set_xticks(range(len(labels)), labels, fontsize=9)
     better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-    ax.set_title(f"{TITLES[metric]} ({better})", fontsize=10)
+    ax.set_title(f"{TITLES[metric]}\n({better})", fontsize=10)  # one line is cut at the panel's width
     ax.margins(y=0.18)
     ax.grid(axis="y", alpha=0.3)
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 
-Weighting = Literal["mean", "position"]
+from lep_plugin.math.choices import Weighting
 
 
 def build_operator(pieces: Sequence[Sequence[int]], old_vocab_size: int, weighting: Weighting = "mean") -> torch.Tensor:

@@ -12,17 +12,11 @@ from typing import Any
 
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, settings_named
-from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+from lep_plugin.plugin.adapters import ADAPTERS, lora_kernels_for_cpu, trained_parts
 from lep_plugin.plugin.args import parse_lep_block
-from lep_plugin.plugin.eval_callback import eval_options
 from lep_plugin.plugin.vocabulary import locate_vocabulary
 
 PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
-TRAINED = {
-    "embeddings": "the input embedding and lm_head matrices; every other weight frozen",
-    "new_rows": "only the rows of new tokens in the input embedding and lm_head; everything else frozen",
-    "off": "whatever the rest of the YAML says (the plugin does not freeze anything)",
-}
 
 
 def check_config(path: Path) -> list[str]:
@@ -43,7 +37,10 @@ def check_config(path: Path) -> list[str]:
         lines += _vocabulary_lines(cfg, config)
     else:
         lines.append("vocabulary: none (the base model's own vocabulary is trained)")
-    lines.append(f"trains: {TRAINED[config.train]} (lep.train: {config.train})")
+    lines.append(f"trains: {trained_parts(config.train, config.body, cfg.get('adapter'))} (lep.train: {config.train})")
+    kernels = lora_kernels_for_cpu(dict(cfg), _cuda()) if cfg.get("adapter") in ADAPTERS else None
+    if kernels:
+        lines.append(f"{kernels}: the plugin sets them so on this machine")
     if config.eval is not None:
         lines.append(_eval_line(config.eval))
     return lines
@@ -65,7 +62,16 @@ def _vocabulary_lines(cfg: dict[str, Any], config) -> list[str]:
     ]
 
 
+def _cuda() -> bool:
+    import torch  # only for a YAML with an adapter: the rest of the check answers without loading torch
+
+    return torch.cuda.is_available()
+
+
 def _eval_line(options: dict[str, Any]) -> str:
+    # lazy: the evaluation (torch) loads only for a YAML with `lep.eval:`
+    from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+    from lep_plugin.plugin.eval_callback import eval_options  # lazy: transformers' trainer callbacks
 
     validated = eval_options(options)
     with settings_named("yaml", "lep.eval"):

@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
@@ -50,12 +51,14 @@ from lep_plugin.common.distributed import (
     rank,
     world_size,
 )
-from lep_plugin.common.fs import write_json
+from lep_plugin.common.fs import as_if_created_tree, write_json
 from lep_plugin.common.tokenizers import MANIFEST, load_tokenizer, read_manifest
 from lep_plugin.errors import LEPError, LEPExit, settings_named
 from lep_plugin.plugin.adapters import (
+    body_lora_trains,
     check_embeddings_are_copies,
     is_peft_model,
+    lora_kernels_for_cpu,
     unfreeze_body_lora,
 )
 from lep_plugin.plugin.args import LEPConfig, parse_lep_block
@@ -110,6 +113,7 @@ class ManifestCallback(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 write_json(checkpoint / MANIFEST, self.manifest())
+                as_if_created_tree(checkpoint)  # the trainer's safetensors files are written 0600
         return control
 
 
@@ -142,6 +146,7 @@ class LEPPlugin(BasePlugin):
         self.eval_options = None
         self.gloo_deepspeed = False
         self.row_mask = None  # `train: new_rows`: the rows that train (for FSDP2's sharded gradients)
+        self.said: set[str] = set()
 
     def get_input_args(self) -> str:
         return "lep_plugin.plugin.args.LEPArgs"
@@ -158,6 +163,13 @@ class LEPPlugin(BasePlugin):
             return
         if cpu_ranks_for_accelerate():
             log_rank(f"no CUDA: rank {rank()} of {world_size()} runs as a CPU rank (gloo)")
+        base = cfg.get("base_model")
+        if base and Path(base).is_dir() and not Path(base).is_absolute():
+            # recorded as given in the adapter's config and the manifest: lep-merge run elsewhere finds it
+            cfg["base_model"] = str(Path(base).resolve())
+        kernels = lora_kernels_for_cpu(cfg, torch.cuda.is_available())
+        if kernels:
+            log_rank(kernels)
         self.gloo_deepspeed = init_gloo_for_cpu_deepspeed(cfg)
         if self.gloo_deepspeed:
             log_rank("no CUDA: initialised a gloo process group for DeepSpeed")
@@ -237,7 +249,8 @@ class LEPPlugin(BasePlugin):
         if output.is_dir():
             write_json(output / MANIFEST, self.output_manifest(cfg))
 
-            finish_training_output(cfg, self.plan, log_rank)  # model card and original_tokenizer/
+            finish_training_output(cfg, self.plan, self._say_once)  # model card and original_tokenizer/
+            as_if_created_tree(output)
 
     def output_manifest(self, cfg) -> dict:
         """The vocabulary's manifest plus what this run trained and the fingerprint of the base model it
@@ -253,6 +266,12 @@ class LEPPlugin(BasePlugin):
         return {**read_manifest(self.plan.new_tokenizer), "plugin": plugin}
 
     # ------------------------------------------------------------------------------------------------
+    def _say_once(self, message: str) -> None:
+        """``post_train`` runs twice: what it has to say is said once."""
+        if message not in self.said:
+            self.said.add(message)
+            log_rank(message)
+
     def _freeze(self, model, report: bool) -> None:
         if self.config is None or self.config.train == "off":
             return
@@ -261,7 +280,7 @@ class LEPPlugin(BasePlugin):
         names = freeze_all_but_embeddings(model)
         if is_peft_model(model):  # `adapter: lora|qlora`: args.adapter_conflicts allowed it
             check_embeddings_are_copies(model, names)
-            if self.config.body == "lora":
+            if body_lora_trains(self.config.body, has_adapter=True):
                 names = names + [f"the body LoRA ({len(unfreeze_body_lora(model))} matrices)"]
         if self.config.train == "new_rows":
             rows = full_rows(model.get_input_embeddings().weight)

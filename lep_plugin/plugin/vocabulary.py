@@ -18,7 +18,6 @@ from typing import Any
 from filelock import FileLock
 
 from lep_plugin.common.corpus import checked_corpus
-from lep_plugin.common.distributed import rank
 from lep_plugin.common.fs import atomic_output_dir, write_json
 from lep_plugin.common.tokenizers import (
     MANIFEST,
@@ -166,11 +165,18 @@ def _ready_vocabulary(ready: Path, old_source: str, old_tok, old_fp: str, root: 
     return VocabTarget(old_dir, target, build, f"the ready tokenizer {ready} ({len(new_tok):,} tokens)")
 
 
+def _rank() -> int:
+    # lazy: the process-group helpers load torch; `lep check` locates a vocabulary without them
+    from lep_plugin.common.distributed import rank
+
+    return rank()
+
+
 def plan_vocabulary(cfg: dict[str, Any], section: VocabSection) -> VocabPlan:
     """Decide (and if needed build) the new tokenizer dir. Exactly one process builds it."""
     located = locate_vocabulary(cfg, section, memo=True)
     if located.build is None:
-        LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", rank(), located.old_dir)
+        LOG.info("LEP rank %d: %s already carries an LEP vocabulary; nothing to build", _rank(), located.old_dir)
         tok = load_tokenizer(located.old_dir)
         return VocabPlan(
             located.old_dir, located.old_dir, fingerprint_tokenizer(tok), built=False, already_converted=True
@@ -187,9 +193,9 @@ def _build_once(target: Path, build) -> bool:
     """Build ``target`` unless it exists; the lock makes concurrent processes wait for the first builder."""
     with FileLock(str(target) + ".lock"):
         if (target / MANIFEST).is_file():
-            LOG.info("LEP rank %d: reusing vocabulary %s", rank(), target)
+            LOG.info("LEP rank %d: reusing vocabulary %s", _rank(), target)
             return False
-        LOG.info("LEP rank %d: building vocabulary %s", rank(), target)
+        LOG.info("LEP rank %d: building vocabulary %s", _rank(), target)
         build(target)
-        LOG.info("LEP rank %d: built vocabulary %s", rank(), target)
+        LOG.info("LEP rank %d: built vocabulary %s", _rank(), target)
         return True

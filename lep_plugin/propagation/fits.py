@@ -51,3 +51,25 @@ Fits = dict[str, dict[str, FitResult]]
 def fits_json(fits: Fits) -> dict[str, dict[str, dict[str, Any]]]:
     """``fits`` as ``lep_merge.json``'s ``fits``: side -> method -> :meth:`FitResult.to_json`."""
     return {side: {method: fit.to_json() for method, fit in by_method.items()} for side, by_method in fits.items()}
+
+
+# a relative residual this near 1: P explains nothing of the instruct embeddings by the base's (a wrong base)
+UNRELATED_RESIDUAL = 0.9
+
+
+def unrelated_warning(fits: Fits, method: str) -> str | None:
+    """A warning when ``method``'s fit residual says base and instruct are unrelated models, else None."""
+    high = {}
+    for side, by_method in fits.items():
+        fit = by_method.get(method)
+        system = fit.shown_system() if fit is not None else None
+        value = fit.residuals.get(system) if system else None
+        if value is not None and value >= UNRELATED_RESIDUAL:
+            high[side] = value
+    if not high:
+        return None
+    where = ", ".join(f"{side} {value:.3f}" for side, value in high.items())
+    return (
+        f"warning: the fit residual is {where} (near 1): the base model's embeddings do not explain the instruct "
+        "model's; is --base the model the instruct model was tuned from?"
+    )

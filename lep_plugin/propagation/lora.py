@@ -20,8 +20,9 @@ from typing import Any, Literal
 import torch
 
 from lep_plugin.checkpoints.base import Checkpoint, resolve_name
+from lep_plugin.checkpoints.fingerprint import model_fingerprint
 from lep_plugin.checkpoints.peft import ADAPTER_CONFIG, AdapterCheckpoint, LoraPair, resolve_adapter_dir
-from lep_plugin.errors import LEPError
+from lep_plugin.errors import LEPError, setting_name
 
 LoraOutput = Literal["merge", "adapter"]
 ADAPTER_SUBDIR = "body_lora"  # --lora-output adapter: the adapter for the merged model, inside it
@@ -135,27 +136,51 @@ def with_adapter_base(options):
 
 
 def check_named_base(adapter: AdapterCheckpoint, base_dir: Path) -> None:
-    """Refuse an adapter whose ``adapter_config.json`` names another local base dir than ``--base`` (a Hub
-    id cannot be compared with a dir: the weight shapes are still checked, in :func:`plan_body_lora`)."""
+    """Refuse an adapter whose ``adapter_config.json`` names a local base dir holding another model than
+    ``--base``: compared by content (the body fingerprint), so a copy of the right base elsewhere passes. A
+    Hub id cannot be compared with a dir: the weight shapes are still checked, in :func:`plan_body_lora`."""
     named = adapter.base_name
-    if named and Path(named).is_dir() and Path(named).resolve() != Path(base_dir).resolve():
+    if not named or not Path(named).is_dir() or Path(named).resolve() == Path(base_dir).resolve():
+        return
+    if model_fingerprint(named) != model_fingerprint(base_dir):
         raise LEPError(
-            f"adapter {adapter.path} was trained on {named}, not on --base {base_dir}: an adapter of another base "
-            "model (--no-check-adapted merges it anyway)"
+            f"adapter {adapter.path} was trained on {named}, whose weights differ from --base {base_dir}'s: an "
+            "adapter of another base model (--no-check-adapted merges it anyway)"
         )
 
 
-def donor_body_lora(options, models: dict) -> BodyLora | None:
-    """The body LoRA of a LoRA donor (``models["adapted"]`` read from a PEFT adapter), else None."""
+def donor_body_lora(options, models: dict) -> tuple[BodyLora | None, list[str]]:
+    """The body LoRA of a LoRA donor (``models["adapted"]`` read from a PEFT adapter) to carry, or None,
+    with plan notes: a LoRA that is all zero (a frozen body: ``lep.body: frozen``, QLoRA for its 4-bit
+    loading) carries nothing and is not reported as carried, and LoRA settings given where nothing is
+    carried are a warning, not ignored silently."""
     adapted = models["adapted"].checkpoint
+    given = _lora_settings_given(options)
     if not isinstance(adapted, AdapterCheckpoint):
-        return None
+        why = "--adapted is a full model: there is no body LoRA to carry"
+        return None, [f"warning: {given} has no effect: {why}"] if given else []
     if options.check_adapted:
         check_named_base(adapted, options.base)
     if models["instruct"].names.tied:
         check_tied_copies(adapted)
     base, instruct = models["base"].checkpoint, models["instruct"].checkpoint
-    return plan_body_lora(adapted, base, instruct, options.lora_scale, options.lora_output)
+    lora = plan_body_lora(adapted, base, instruct, options.lora_scale, options.lora_output)
+    if any(bool(adapted.raw(pair.b).any()) for pair in lora.targets.values()):
+        return lora, []
+    notes = [
+        f"body LoRA: all {len(lora.targets)} lora_B are zero (a frozen body): nothing to carry, the body stays "
+        "the instruct model's"
+    ]
+    if given:
+        notes.append(f"warning: {given} has no effect: the adapter's body LoRA is zero")
+    return None, notes
+
+
+def _lora_settings_given(options) -> str:
+    """The LoRA settings set away from their defaults, as the user wrote them ("" if none)."""
+    fields = type(options).model_fields
+    given = [name for name in ("lora_scale", "lora_output") if getattr(options, name) != fields[name].default]
+    return " and ".join(f"{setting_name(name)} {getattr(options, name)}" for name in given)
 
 
 def check_tied_copies(adapter: AdapterCheckpoint) -> None:

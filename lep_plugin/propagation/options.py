@@ -8,9 +8,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath
 
 from lep_plugin.common.devices import DEVICE_PATTERN
-from lep_plugin.math.operator import Weighting
+from lep_plugin.common.fs import check_no_overlap, check_output_dir
+from lep_plugin.errors import LEPError
+from lep_plugin.math.choices import Weighting
 from lep_plugin.propagation.methods import METHODS
-from lep_plugin.publish.card import check_eval_json, check_hub_id
+from lep_plugin.publish.checks import check_eval_json, check_hub_id
 
 MergeMethod = Literal[(*METHODS, "all")]  # the registry's names, or every one of them
 
@@ -86,3 +88,18 @@ class MergeOptions(BaseModel):
     )
     force: bool = Field(default=False, description="replace an existing output dir")
     dry_run: bool = Field(default=False, description="print the plan and write nothing")
+
+
+ROLES = ("base", "instruct", "adapted")  # the input models, in the order plans and reports list them
+
+
+def check_merge_paths(options: MergeOptions) -> None:
+    """The paths' problems, before anything is read: an input that is not a dir (``base`` may still be
+    None: a LoRA donor names it), an output that overlaps an input or exists (without ``force``)."""
+    inputs = {role: getattr(options, role) for role in ROLES}
+    for role, path in inputs.items():
+        if path is not None and not Path(path).is_dir():
+            raise LEPError(f"{role} {path} is not a directory")
+    check_no_overlap(options.output, inputs)
+    if not options.dry_run:
+        check_output_dir(options.output, options.force)

@@ -19,17 +19,15 @@ from lep_plugin.checkpoints.model_config import (
     load_config,
 )
 from lep_plugin.checkpoints.peft import AdapterCheckpoint, resolve_adapter_dir
-from lep_plugin.common.fs import check_no_overlap, check_output_dir
 from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
 from lep_plugin.errors import LEPError
 from lep_plugin.propagation.lora import BodyLora, donor_body_lora, with_adapter_base
 from lep_plugin.propagation.methods import methods_of
-from lep_plugin.propagation.options import MergeOptions
+from lep_plugin.propagation.options import ROLES, MergeOptions, check_merge_paths
 from lep_plugin.publish.card import known_hub_id, unknown_hub_id_warning
 
 # adapted rows beyond its tokenizer are accepted as padding (Qwen pads 151,665 ids to 151,936 rows)
 MAX_PADDING_ROWS = 1024
-ROLES = ("base", "instruct", "adapted")  # the input models, in the order plans and reports list them
 
 
 @dataclass(frozen=True)
@@ -146,9 +144,11 @@ class Plan:
 def plan_merge(options: MergeOptions) -> Plan:
     """Check all inputs and decide what will be written; reads headers, configs and tokenizers only."""
     options = with_adapter_base(options)  # a LoRA donor names its base
-    _check_paths(options)
+    check_merge_paths(options)
     models = _open_models(options)
-    body_lora = donor_body_lora(options, models)
+    if options.check_adapted:
+        check_same_tying(models)
+    body_lora, lora_notes = donor_body_lora(options, models)
     instruct_tok, old_tok, new_tok_dir, new_tok = _tokenizers(options, models)
     matrices = [_matrix(side, models, old_tok, new_tok, new_tok_dir) for side in _sides(models["instruct"].names)]
     if len({m.shapes["adapted"][0] for m in matrices}) != 1:
@@ -163,6 +163,7 @@ def plan_merge(options: MergeOptions) -> Plan:
         if models[role].weights_dir != models[role].given
     ]
     notes += [note for note in (same_weights_note(models), card_base_model_note(options, models)) if note]
+    notes += lora_notes
     return Plan(
         options=options,
         models=models,
@@ -177,16 +178,6 @@ def plan_merge(options: MergeOptions) -> Plan:
         notes=notes,
         body_lora=body_lora,
     )
-
-
-def _check_paths(options: MergeOptions) -> None:
-    inputs = {role: getattr(options, role) for role in ROLES}
-    for role, path in inputs.items():
-        if not Path(path).is_dir():
-            raise LEPError(f"{role} {path} is not a directory")
-    check_no_overlap(options.output, inputs)
-    if not options.dry_run:
-        check_output_dir(options.output, options.force)
 
 
 def _open_models(options: MergeOptions) -> dict[str, Model]:
@@ -256,6 +247,18 @@ def _tokenizers(options: MergeOptions, models: dict[str, Model]):
 
 
 PLUGIN_NOT_LOADED = "was `plugins: [lep_plugin.LEPPlugin]` in its YAML? (--no-check-adapted merges it anyway)"
+
+
+def check_same_tying(models: dict[str, Model]) -> None:
+    """Instruction tuning keeps a model's tying: a base that ties its embeddings and an instruct model that
+    does not (or the reverse) are two different models (Llama-3.2's tied 1B/3B against Llama-3's 8B)."""
+    base, instruct = models["base"], models["instruct"]
+    if base.names.tied != instruct.names.tied:
+        ties = {True: "ties its input and output embeddings", False: "has separate input and output embeddings"}
+        raise LEPError(
+            f"base {base.given} {ties[base.names.tied]} but instruct {instruct.given} {ties[instruct.names.tied]}: "
+            f"not the base this instruct model was tuned from{NO_CHECK}"
+        )
 
 
 def check_adapted(models: dict[str, Model], old_tok, new_tok) -> None:

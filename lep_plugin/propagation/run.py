@@ -23,9 +23,9 @@ from lep_plugin.common.devices import free_bytes, resolve_device
 from lep_plugin.common.fs import atomic_output_dir
 from lep_plugin.math import propagation as prop
 from lep_plugin.math.operator import trained_rows
-from lep_plugin.propagation.fits import FitResult, Fits, fits_json
+from lep_plugin.propagation.fits import FitResult, Fits, fits_json, unrelated_warning
 from lep_plugin.propagation.lora import body_replacements, write_body_adapter
-from lep_plugin.propagation.methods import METHODS, SYSTEMS, FitSystem, systems_for
+from lep_plugin.propagation.methods import METHODS, systems_for
 from lep_plugin.propagation.options import MergeOptions
 from lep_plugin.propagation.output import (
     recommendation,
@@ -34,6 +34,7 @@ from lep_plugin.propagation.output import (
     write_tokenizer_and_configs,
 )
 from lep_plugin.propagation.plan import ROLES, Matrix, Plan, plan_merge
+from lep_plugin.propagation.systems import SYSTEMS, FitSystem
 from lep_plugin.publish.outputs import finish_merge_output, merge_facts
 
 REPORT = "lep_merge.json"
@@ -66,6 +67,10 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
         results: dict[str, dict[str, Path]] = {method: {} for method in plan.methods}
         fits: Fits = {m.side: _propagate(plan, m, systems, spill, results, device) for m in plan.matrices}
         report["fits"] = fits_json(fits)
+        warnings = [w for w in (unrelated_warning(fits, method) for method in plan.methods) if w]
+        for warning in dict.fromkeys(warnings):
+            echo(warning)
+        report["warnings"] = list(dict.fromkeys(warnings))
         report["recommendation"] = recommendation(plan.methods, fits)
         for method in plan.methods:
             target = tmp if len(plan.methods) == 1 else tmp / method
@@ -266,7 +271,7 @@ def _write_model(plan: Plan, method: str, spilled: dict[str, Path], target: Path
         "shards_copied": written["copied"],
         "shards_rewritten": written["rewritten"],
         "tensor_bytes": written["bytes"],
-        **{k: report[k] for k in ("device", "inputs", "tied", "out_rows")},
+        **{k: report[k] for k in ("device", "inputs", "tied", "out_rows", "warnings")},
     }
     if plan.body_lora is not None:
         method_report["body_lora"] = plan.body_lora.report()

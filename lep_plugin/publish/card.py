@@ -10,7 +10,6 @@ embeddings). :func:`write_card` never replaces a README that a user wrote, unles
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,12 @@ from typing import Any
 
 from lep_plugin.checkpoints.discover import checkpoint_number
 from lep_plugin.common.corpus import first_texts
-from lep_plugin.common.fs import read_json, write_text_atomic
+from lep_plugin.common.fs import write_text_atomic
 from lep_plugin.common.tokenizers import chars_per_token_change
-from lep_plugin.errors import LEPError
 from lep_plugin.evaluation.report import markdown_table
-from lep_plugin.propagation.fits import FitResult, Fits
+from lep_plugin.propagation.fits import FitResult, Fits, unrelated_warning
 from lep_plugin.propagation.methods import METHODS
+from lep_plugin.publish.checks import HUB_ID
 from lep_plugin.vocab.build import VOCAB_METHODS
 
 README = "README.md"
@@ -38,7 +37,6 @@ TAGS = ["lep", "learned-embedding-propagation", "vocabulary-adaptation"]
 PAPER = "https://arxiv.org/abs/2412.21140"
 CARD_TEXTS = 2000  # documents of a corpus measured for characters per token
 LANGUAGE_TEXTS = 50  # documents of the vocabulary's corpus whose language is detected
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -48,13 +46,6 @@ def _summary(registry: dict[str, Any], method: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-
-
-def check_hub_id(value: str) -> str:
-    """Validator for a Hub id option (``org/name``)."""
-    if not HUB_ID.fullmatch(value):
-        raise ValueError(f"{value!r} is not a Hub id (org/name)")
-    return value
 
 
 def known_hub_id(path: str | Path) -> str | None:
@@ -112,30 +103,6 @@ def carried_metadata(model_dir: Path | None) -> dict[str, Any]:
         for key in ("license", "language"):
             found[key] = found.get(key) or values.get(key)
     return {k: v for k, v in found.items() if v}
-
-
-def eval_records(path: Path) -> list[dict[str, Any]]:
-    """The result records of a ``lep eval --json`` file (checked, so a bad file fails before any work)."""
-    payload = read_json(path, "eval JSON")
-    records = payload.get("results") if isinstance(payload, dict) else None
-    if not records or not all(isinstance(r, dict) and "model" in r and "texts" in r for r in records):
-        raise LEPError(f"eval JSON {path} is not a `lep eval --json` file (no results with model and texts)")
-    if not all("sentence_strict" in text for r in records for text in r["texts"].values()):
-        raise LEPError(
-            f"eval JSON {path} was written by an older `lep eval` (no strict copy scores): run `lep eval` again"
-        )
-    try:
-        markdown_table(records)
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise LEPError(f"eval JSON {path} does not hold `lep eval` results: {err!r} is missing or wrong") from None
-    return records
-
-
-def check_eval_json(path: Path | None) -> Path | None:
-    """Validator for an ``eval_json`` option: the file is read and checked now."""
-    if path is not None:
-        eval_records(path)
-    return path
 
 
 def trainer_state(run_dir: Path | None) -> dict[str, Any] | None:
@@ -247,6 +214,10 @@ def _title(model: str, languages: list[str] | None, detail: str | None = None) -
     """``# <model name> with an LEP vocabulary (<languages>, <detail>)``: the name, not an output dir."""
     inside = ", ".join(([", ".join(languages)] if languages else []) + ([detail] if detail else []))
     return f"# {model.rstrip('/').split('/')[-1]} with an LEP vocabulary" + (f" ({inside})" if inside else "")
+
+
+def _warning(text: str | None) -> str:
+    return f"> **{text.split(': ', 1)[0].capitalize()}**: {text.split(': ', 1)[1]}\n\n" if text else ""
 
 
 def _todo(base_model: str | None, source: str, flag: str) -> str:
@@ -491,7 +462,8 @@ def merge_card(name: str, method: str, facts: CardFacts, fits: Fits) -> str:
         front_matter=_front_matter(facts.base_model_id, facts.metadata, facts.languages),
         marker=MARKER,
         title=_title(facts.base_model_id or hub_id(facts.instruct), facts.languages, method),
-        todo=_todo(facts.base_model_id, f"`{facts.instruct}`", "`lep-merge --base-model-id ORG/NAME`"),
+        todo=_warning(unrelated_warning(fits, method))
+        + _todo(facts.base_model_id, f"`{facts.instruct}`", "`lep-merge --base-model-id ORG/NAME`"),
         instruct=facts.instruct,
         base=facts.base,
         paper=PAPER,

@@ -25,7 +25,6 @@ from lep_plugin.publish.card import (
     CardFacts,
     card_languages,
     carried_metadata,
-    eval_records,
     known_hub_id,
     measure,
     merge_card,
@@ -34,6 +33,7 @@ from lep_plugin.publish.card import (
     unknown_hub_id_warning,
     write_card,
 )
+from lep_plugin.publish.checks import eval_records
 from lep_plugin.publish.gguf import ORIGINAL_TOKENIZER
 
 

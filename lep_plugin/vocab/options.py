@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lep_plugin.math.operator import Weighting
+from lep_plugin.math.choices import Weighting
 from lep_plugin.vocab.build import VOCAB_METHODS
 
 VocabMethod = Literal[tuple(VOCAB_METHODS)]  # the registry's names
