@@ -1,8 +1,8 @@
 """How `make test` shares the suite between its pytest-xdist workers: longest work first.
 
 A work unit is a test module (its module fixtures are built once, in one worker), except in the modules of
-:data:`SPLIT_BY_PARAMETER`, whose fixtures build per parameter on first use: there each parameter value
-(a tokenizer layout) is a unit of its own, so two workers share the module. Units go out longest first
+:data:`SPLIT_BY_LAYOUT`, whose fixtures build per tokenizer layout on first use: there each layout is a
+unit of its own, so two workers share the module. Units go out longest first
 (the longest-processing-time rule), by the seconds each took alone on 2 cores (:data:`UNIT_SECONDS`, from
 ``--durations=0``); an unlisted unit counts as short. xdist's default order (most tests first) left the
 slowest modules, which have few tests, to the end on one worker.
@@ -10,25 +10,57 @@ slowest modules, which have few tests, to the end on one worker.
 
 from __future__ import annotations
 
-import re
-
+from builders import ALL_LAYOUTS
 from xdist.scheduler import LoadScopeScheduling
 
-# modules whose fixtures build per parameter: one unit per value of the last test parameter
-SPLIT_BY_PARAMETER = ("tests/test_vocab.py",)
-LAST_PARAMETER = re.compile(r"\[(?:.*-)?([^\]-]+)\]$")
+# modules whose fixtures build per tokenizer layout: one unit per layout (a test id ends with it, e.g.
+# `[bpe-mistral-v3]`); a test without one runs in the unit of the layout it uses
+SPLIT_BY_LAYOUT = {"tests/test_vocab.py": "mistral"}
 
-# seconds a unit took (setup + calls), measured with one thread per worker; refresh when a module grows
-UNIT_SECONDS: dict[str, float] = {}
+# seconds a unit took (setup + calls; shared fixtures count where first built), one thread per worker,
+# from `make test` with `--durations=0` on 2026-12-06 (AMD EPYC, 2 cores); refresh when a module grows
+UNIT_SECONDS: dict[str, float] = {
+    "tests/test_families.py": 694,
+    "tests/test_multirank.py": 430,
+    "tests/test_convert.py": 205,
+    "tests/test_lora_train.py": 201,
+    "tests/test_first_hour.py": 153,
+    "tests/test_plugin_train.py": 145,
+    "tests/test_publish.py": 131,
+    "tests/test_calibration.py": 121,
+    "tests/test_vocab.py[tekken]": 104,
+    "tests/test_vocab.py[llama3]": 103,
+    "tests/test_vocab.py[qwen]": 99,
+    "tests/test_fsdp.py": 95,
+    "tests/test_eval.py": 90,
+    "tests/test_quiet_and_tiny.py": 81,
+    "tests/test_gguf_unknown_tokenizer.py": 80,
+    "tests/test_vocab.py[mistral-v3]": 48,
+    "tests/test_plugin_hooks.py": 44,
+    "tests/test_merge_deepspeed.py": 44,
+    "tests/test_vocab.py[gemma]": 43,
+    "tests/test_merge_bad_input.py": 41,
+    "tests/test_vocab.py[phi3]": 36,
+    "tests/test_vocab.py[mistral]": 45,
+    "tests/test_merge_cli.py": 30,
+    "tests/test_lora_donor.py": 25,
+    "tests/test_precision.py": 23,
+    "tests/test_eval_cli.py": 19,
+    "tests/test_copy_task.py": 18,
+    "tests/test_plugin_config.py": 15,
+    "tests/test_devices.py": 15,
+    "tests/test_demo.py": 14,
+    "tests/test_vocab_errors.py": 11,
+}
 
 
 def unit_of(nodeid: str) -> str:
     module = nodeid.split("::", 1)[0]
-    if module in SPLIT_BY_PARAMETER:
-        match = LAST_PARAMETER.search(nodeid)
-        if match:
-            return f"{module}[{match.group(1)}]"
-    return module
+    if module not in SPLIT_BY_LAYOUT:
+        return module
+    ids = nodeid.rsplit("[", 1)[1].rstrip("]") if nodeid.endswith("]") else ""
+    ends = [layout for layout in ALL_LAYOUTS if ids == layout or ids.endswith("-" + layout)]
+    return f"{module}[{max(ends, key=len) if ends else SPLIT_BY_LAYOUT[module]}]"
 
 
 class LongestFirstScheduling(LoadScopeScheduling):

@@ -27,8 +27,11 @@ METHODS = {
     "extend": VocabOptions(method="extend", vocab_size=6000, max_chars=500_000),
     "optimize": VocabOptions(method="optimize", vocab_size=6000, keep=12000, max_chars=500_000),
 }
-# extend as it was before issue 29: the target BPE's own tokens, its merges ranked before the old ones
+# extend as it was before issue 29: the target BPE's own tokens, its merges ranked before the old ones;
+# built for one layout of each style (the others share its BPE: Llama-3 and Qwen are cut from Tekken,
+# Gemma and Phi-3 made from Mistral's)
 NEW_MERGES_FIRST = METHODS["extend"].model_copy(update={"keep_old_tokenization": False})
+NEW_FIRST_LAYOUTS = ("mistral", "tekken")
 # mistral (v1) and mistral-v3 (SentencePiece), tekken, gemma: specials inside the BPE vocabulary;
 # llama3, qwen (byte-level) and phi3 (SentencePiece): specials appended after it as added tokens
 LAYOUTS = ALL_LAYOUTS
@@ -49,7 +52,8 @@ class Built:
 
     def dir(self, layout, method):
         if (layout, method) not in self._dirs:
-            for name, options in {**METHODS, "new-first": NEW_MERGES_FIRST}.items():
+            extra = {"new-first": NEW_MERGES_FIRST} if layout in NEW_FIRST_LAYOUTS else {}
+            for name, options in {**METHODS, **extra}.items():
                 out = self.root / f"{layout}-{name}"
                 self._dirs[layout, name] = build_vocabulary(self.old(layout), [self.corpus], options, out)
         return self._dirs[layout, method]
@@ -151,13 +155,15 @@ def test_extend_tokenizes_the_old_language_as_before(built, layout):
     from lep_plugin.vocab.report import tokenization_stats, unreachable_tokens
 
     old, new = built.pair(layout, "extend")
-    first = built.load(built.dir(layout, "new-first"))
     english = tokenization_stats(new, "extend", EN_HELDOUT, reference=old)
     assert english.words_changed == 0.0
     assert english.chars_per_token == tokenization_stats(old, "old", EN_HELDOUT).chars_per_token
     assert unreachable_tokens(new, range(len(old), len(new))) == []
     manifest = read_manifest(built.dir(layout, "extend"))
     assert manifest["unreachable_new_tokens"] == 0 and manifest["new_token_scripts"] == ["CYRILLIC"]
+    if layout not in NEW_FIRST_LAYOUTS:
+        return
+    first = built.load(built.dir(layout, "new-first"))
     assert manifest["new_tokens"] == read_manifest(built.dir(layout, "new-first"))["new_tokens"]
     russian = tokenization_stats(new, "extend", RU_HELDOUT).chars_per_token
     assert russian >= 0.97 * tokenization_stats(first, "new-first", RU_HELDOUT).chars_per_token
