@@ -324,3 +324,22 @@ def test_corpus_fingerprint_hashes_what_is_read_once_per_corpus(tmp_path, monkey
         assert corpus.corpus_fingerprint([path], memo_dir=memo) == whole  # read back
     path.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")  # the corpus changed: hashed anew
     assert corpus.corpus_fingerprint([path], memo_dir=memo) == corpus.corpus_fingerprint([path]) != whole
+
+
+def test_continued_merges_are_the_most_frequent_allowed_pairs_in_order():
+    """The continued-BPE trainer on a toy corpus: most frequent allowed pair first (ties: the smaller pair),
+    every occurrence merged before the next choice, pairs of the old language never merged, tokens the
+    vocabulary has already not counted against the budget, rare pairs left alone."""
+    from lep_plugin.vocab.continued import has_script_letter, learn_merges
+
+    words = [(("▁", "п", "р", "и"), 5), (("▁", "п", "о"), 3), (("t", "h", "e"), 10), (("▁", "ж", "ы"), 1)]
+    cyrillic = frozenset({"CYRILLIC"})
+
+    def allowed(a: str, b: str) -> bool:
+        return has_script_letter(a + b, cyrillic)
+
+    merges = learn_merges(words, count=10, min_frequency=2, allowed=allowed, max_length=24)
+    assert merges == [("▁", "п"), ("р", "и"), ("▁п", "ри"), ("▁п", "о")]
+    assert learn_merges(words, count=2, min_frequency=2, allowed=allowed, max_length=24) == merges[:2]
+    # "ри" already a token: its merge is kept but costs nothing of the budget of 2
+    assert learn_merges(words, 2, 2, allowed, 24, known={"ри"}) == merges[:3]
