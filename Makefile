@@ -38,8 +38,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# two pytest-xdist workers, one test module each at a time (module-scoped fixtures stay in one worker), each
-# with its own ports and its share of the cores (tests/_plugin_helpers.py: worker_port, worker_threads).
+# two pytest-xdist workers, one unit each at a time (a test module, or a layout of test_vocab.py), longest
+# first (tests/_schedule.py replaces loadfile's order), each with its own ports and its share of the cores
+# (tests/_plugin_helpers.py: worker_port, worker_threads).
 # WORKERS=0 runs serially.
 WORKERS ?= 2
 PYTEST_PARALLEL := -n $(WORKERS) --dist loadfile
