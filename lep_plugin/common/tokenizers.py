@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,12 @@ Style = Literal["sentencepiece", "byte_level"]
 # Written beside every tokenizer the package builds, and into every model trained or merged with one:
 # how the vocabulary was made (method, sizes, corpus and old-tokenizer fingerprints).
 MANIFEST = "lep_vocab.json"
+# a SentencePiece-style byte-fallback token (<0x0A>): one byte, never merged with anything
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def is_byte_piece(token: str) -> bool:
+    return BYTE_PIECE.fullmatch(token) is not None
 
 
 def load_tokenizer(path: str | os.PathLike):

@@ -12,14 +12,12 @@ that makes it, so llama.cpp merges in the order the HF tokenizer does.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2 as sp
 
+from lep_plugin.common.tokenizers import is_byte_piece
 from lep_plugin.errors import LEPError
-
-BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 def _adds_dummy_prefix(spec: dict[str, Any]) -> bool:
@@ -83,7 +81,7 @@ def _add_pieces(proto, pieces: dict[int, str], added: dict[int, dict], unk: str,
             piece.type, piece.score = Type.UNKNOWN, 0.0
         elif i in added:
             piece.type, piece.score = (Type.CONTROL if added[i].get("special") else Type.USER_DEFINED), 0.0
-        elif byte_fallback and BYTE_PIECE.fullmatch(text):
+        elif byte_fallback and is_byte_piece(text):
             piece.type, piece.score = Type.BYTE, 0.0
         else:
             piece.type, piece.score = Type.NORMAL, -float(ranks[text]) if text in ranks else unmerged

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lep_plugin.common.tokenizers import is_byte_piece
 from lep_plugin.errors import LEPError
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def continue_bpe(
     segmented = _old_segmentation(tokenizer.model, target_words, set(new_chars))
 
     def allowed(a: str, b: str) -> bool:
-        return not (_is_byte_token(a) or _is_byte_token(b)) and has_script_letter(decode([a + b]), wanted)
+        return not (is_byte_piece(a) or is_byte_piece(b)) and has_script_letter(decode([a + b]), wanted)
 
     merges = learn_merges(
         segmented.items(), max(count - len(new_chars), 0), options.min_frequency, allowed, MAX_TOKEN_LENGTH, known
@@ -99,10 +100,6 @@ def _target_scripts(setting: str, letters: Counter[str]) -> tuple[str, ...]:
     return scripts
 
 
-def _is_byte_token(symbol: str) -> bool:
-    return len(symbol) == 6 and symbol.startswith("<0x") and symbol.endswith(">")
-
-
 def _new_characters(words: dict[str, int], vocab, scripts: frozenset[str], min_frequency: int) -> list[str]:
     chars: Counter[str] = Counter()
     for word, n in words.items():
@@ -122,7 +119,7 @@ def _old_segmentation(model, words: dict[str, int], new_chars: set[str]) -> dict
         last = None
         for token in model.tokenize(word):
             char = word[token.offsets[0] : token.offsets[1]]
-            if _is_byte_token(token.value) and char in new_chars:
+            if is_byte_piece(token.value) and char in new_chars:
                 if token.offsets != last:  # the first byte of the character stands for all of it
                     pieces.append(char)
             else:

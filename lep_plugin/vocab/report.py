@@ -15,6 +15,7 @@ from lep_plugin.common.corpus import expand_corpus, iter_texts
 from lep_plugin.common.fs import write_text_atomic
 from lep_plugin.common.plots import pyplot, save_figure
 from lep_plugin.common.tokenizers import (
+    is_byte_piece,
     load_tokenizer,
     token_counts,
     tokenizer_json,
@@ -103,7 +104,7 @@ def unreachable_in_spec(spec: dict, ids: Iterable[int] | None = None) -> list[in
     out = []
     for i in wanted:
         token = by_id[i]
-        if token in added or len(token) == 1 or (token.startswith("<0x") and len(token) == 6):
+        if token in added or len(token) == 1 or is_byte_piece(token):
             continue
         if [t.id for t in bpe.tokenize(token)] != [i]:
             out.append(i)
