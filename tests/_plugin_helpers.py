@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from builders import RU_TRAIN, write_corpus_slice
+from builders import RU_HELDOUT, RU_TRAIN, write_corpus_slice
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +74,7 @@ def tiny_config(work: Path, base_model: Path, dataset: Path, **overrides) -> dic
     cfg["output_dir"] = str(work / "out")
     cfg["lep"]["vocab"]["corpus"] = [str(dataset.parent / "vocab-corpus.jsonl")]
     cfg["lep"]["vocab"].pop("max_chars", None)
+    cfg["lep"].pop("propagate")  # its instruct model is the example's; a test that propagates names its own
     for key, value in overrides.items():
         if value is None:
             cfg.pop(key, None)
@@ -199,13 +200,27 @@ class Zero3Run:
     config: dict  # the YAML it ran
 
 
-def make_zero3_checkpoint(work: Path, base_model: Path, train: str = "new_rows") -> Zero3Run:
+def propagate_block(instruct: Path, output: Path, gguf: tuple[str, ...] = ("q8_0",)) -> dict:
+    """A ``lep.propagate`` block for a test run: conversion into ``instruct``, a small evaluation on the
+    Russian held-out text (sentences only), GGUF files of the types ``gguf``."""
+    evaluation = {"texts": [str(RU_HELDOUT)], "samples": 2, "paragraphs": False, "max_new_tokens_sentence": 16}
+    return {
+        "instruct": str(instruct),
+        "output": str(output),
+        "eval": evaluation | {"bpc_chars": 2000},
+        "gguf": list(gguf),
+    }
+
+
+def make_zero3_checkpoint(work: Path, base_model: Path, instruct: Path, train: str = "new_rows") -> Zero3Run:
     """The recipe: ``axolotl train`` + plugin (extend vocabulary) under DeepSpeed ZeRO-3 on two CPU ranks
     (gloo), 2 samples per rank, launched as users launch (``--launcher torchrun -- --nproc_per_node 2``),
-    beside two busy loops (:func:`busy_cores`)."""
+    beside two busy loops (:func:`busy_cores`); its ``lep.propagate`` block (into ``instruct``, with an
+    evaluation and a q8_0 GGUF) runs on rank 0 when training ends, into ``work/propagated``."""
     work.mkdir(parents=True, exist_ok=True)
     dataset = training_data(work / "data")
     cfg = rank_config(work, base_model, dataset, train, micro_batch_size=2, deepspeed="ds_zero3.json")
+    cfg["lep"]["propagate"] = propagate_block(instruct, work / "propagated")
     with busy_cores():  # the ZeRO-3 cases run beside busy loops: a slow rank must not change the result
         log = run_train(write_config(work / "zero3.yml", cfg), launcher=TWO_RANKS)
     output = Path(cfg["output_dir"])

@@ -120,10 +120,13 @@ def ru_heldout(shared_data):
 
 
 @pytest.fixture(scope="session")
-def zero3_checkpoint(tmp_path_factory, tiny_mistral):
+def zero3_checkpoint(tmp_path_factory, tiny_mistral, mistral_trio):
     """A real ZeRO-3 checkpoint of tiny Mistral trained by ``axolotl train`` with the plugin (`train:
-    new_rows`, extend vocabulary); here so that the plugin and lep-merge tests share one run."""
-    return built_once(tmp_path_factory, "zero3", lambda d: make_zero3_checkpoint(d, tiny_mistral))
+    new_rows`, extend vocabulary) that propagates into the trio's instruct model when it ends; here so that
+    the plugin, lep-merge and propagation tests share one run."""
+    return built_once(
+        tmp_path_factory, "zero3", lambda d: make_zero3_checkpoint(d, tiny_mistral, mistral_trio.instruct)
+    )
 
 
 @pytest.fixture(scope="session")

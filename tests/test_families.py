@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from _plugin_helpers import (
-    EXAMPLES,
-    VENV_BIN,
     lep_lines,
     load_weights,
     run_train,
     tiny_config,
-    train_env,
     training_data,
     write_config,
 )
-from builders import RU_HELDOUT, SHARED_DATA, generate_from_chat, write_corpus_slice
+from builders import RU_HELDOUT, generate_from_chat, write_corpus_slice
 from safetensors.torch import load_file, save_file
 
 from lep_plugin.cli.lep import main
 from lep_plugin.cli.merge import main as merge_main
-from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
+from lep_plugin.common.tokenizers import load_tokenizer
 from lep_plugin.demo.families import FAMILIES, family
 from lep_plugin.math.operator import trained_rows
 from lep_plugin.vocab.build import build_vocabulary
@@ -395,48 +391,3 @@ def test_family_end_to_end(name, tiny_families, ru_corpus_small, tmp_path):
     text = tok.apply_chat_template([{"role": "user", "content": "Привет"}], tokenize=False, add_generation_prompt=True)
     markers = [t.content for t in tok.added_tokens_decoder.values() if t.content in text]
     assert markers and all(tok.convert_tokens_to_ids(m) in prompt[0].tolist() for m in markers)
-
-
-@pytest.mark.e2e
-def test_tiny_cpu_example_on_a_fresh_checkout(tmp_path, monkeypatch, shared_data):
-    """The README's commands as written, in a dir laid out like a fresh checkout (../shared beside it):
-    `lep tiny --family mistral --output out/tiny-mistral`, `axolotl train examples/yaml/tiny-cpu.yml`, then
-    `lep-merge` into the tiny instruct model, which chats."""
-    from transformers import AutoModelForCausalLM
-
-    checkout = tmp_path / "main"
-    (checkout / "examples" / "yaml").mkdir(parents=True)
-    shutil.copy(EXAMPLES / "tiny-cpu.yml", checkout / "examples" / "yaml")
-    (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
-    monkeypatch.chdir(checkout)
-    main(["tiny", "--family", "mistral", "--output", "out/tiny-mistral"])
-    proc = subprocess.run(
-        [str(VENV_BIN / "axolotl"), "train", "examples/yaml/tiny-cpu.yml"],
-        cwd=checkout,
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    adapted = checkout / "out" / "tiny-lep"
-    assert read_manifest(adapted)["method"] == "extend"
-    merge_main(
-        [
-            "--base",
-            "out/tiny-mistral/base",
-            "--instruct",
-            "out/tiny-mistral/instruct",
-            "--adapted",
-            "out/tiny-lep",
-            "--method",
-            "conversion",
-            "--output",
-            "out/tiny-lep-instruct",
-        ]
-    )
-    tok = load_tokenizer(checkout / "out" / "tiny-lep-instruct")
-    model = AutoModelForCausalLM.from_pretrained(checkout / "out" / "tiny-lep-instruct", dtype=torch.float32)
-    prompt, out = generate_from_chat(model, tok, "Привет", max_new_tokens=3)
-    assert out.shape[1] == prompt.shape[1] + 3 or tok.eos_token_id in out[0, prompt.shape[1] :].tolist()

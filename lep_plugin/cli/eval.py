@@ -3,7 +3,7 @@ of one or more models on the same held-out samples, as a Markdown table (and JSO
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -12,15 +12,11 @@ from pydantic import Field
 
 from lep_plugin.cli.options import options_from_model
 from lep_plugin.common.devices import DEVICE_PATTERN
-from lep_plugin.common.fs import check_no_overlap, check_output_file, write_text_atomic
-from lep_plugin.evaluation.evaluate import (
-    EvalSettings,
-    check_model_dir,
-    evaluate_model,
-    load_model,
-    load_tasks,
-)
-from lep_plugin.evaluation.report import comparison_plot, markdown_table, model_names
+from lep_plugin.common.fs import check_no_overlap, check_output_file
+from lep_plugin.evaluation.compare import compare_models, write_results
+from lep_plugin.evaluation.evaluate import check_model_dir, load_tasks
+from lep_plugin.evaluation.report import markdown_table, model_names
+from lep_plugin.evaluation.settings import EvalSettings
 
 
 class EvalOptions(EvalSettings):
@@ -67,17 +63,11 @@ def eval_command(models: tuple[Path, ...], options: EvalOptions, json_out: Path 
             "(sentence copy and bits/char still run)",
             err=True,
         )
-    records = []
-    for path, name in zip(models, model_names(list(models))):
-        model, tokenizer = load_model(path, options.device, options.dtype)
-        click.echo(f"evaluating {name} ...", err=True)
-        records.append(evaluate_model(model, tokenizer, tasks, settings, name=name, progress=True))
-        del model
+    echo = functools.partial(click.echo, err=True)
+    records = compare_models(
+        list(zip(model_names(list(models)), models)), tasks, settings, options.device, options.dtype, echo
+    )
     click.echo(markdown_table(records))
-    if json_out is not None:
-        payload = {"settings": settings.model_dump(), "texts": [str(p) for p in options.text], "results": records}
-        write_text_atomic(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    if plot_out is not None:
-        if len(records) < 2:
-            click.echo("note: --plot compares models; with one model the plot has single bars", err=True)
-        comparison_plot(records, plot_out)
+    if plot_out is not None and len(records) < 2:
+        click.echo("note: --plot compares models; with one model the plot has single bars", err=True)
+    write_results(records, settings, options.text, json_out, plot_out)

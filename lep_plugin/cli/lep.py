@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "check": "lep_plugin.cli.check:check",
     "tiny": "lep_plugin.cli.tiny:tiny",
     "export": "lep_plugin.cli.export:export",
+    "propagate": "lep_plugin.cli.propagate:propagate",
 }
 
 

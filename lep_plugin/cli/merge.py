@@ -5,7 +5,8 @@
     axolotl lep-merge CONFIG.yml            (through Axolotl's ``axolotl.cli_commands`` entry point)
 
 The YAML file holds the same settings as the flags, either at its top level or under a ``lep_merge:``
-section (so they can live in the Axolotl config of the embedding training run).
+section; a training YAML's ``lep.propagate`` block is read too (base = ``base_model``, adapted =
+``output_dir``; the merge only – ``lep propagate`` also runs its evaluation and GGUF export).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from lep_plugin.cli.options import options_from_model, run_cli
 from lep_plugin.cli.quiet import verbose_option
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
+from lep_plugin.plugin.args import parse_lep_block
 from lep_plugin.propagation.options import MergeOptions, check_merge_paths
+from lep_plugin.propagation.pipeline import propagate_job
 
 YAML_SECTION = "lep_merge"
 
@@ -52,8 +55,15 @@ _MergeFlags = create_model(
 
 
 def read_yaml_settings(path: Path) -> tuple[dict[str, Any], str]:
-    """The settings in a YAML file and where they are in it (``lep_merge`` or the top level: "")."""
+    """The settings in a YAML file and where they are in it (``lep_merge``, the top level: "", or a training
+    YAML's ``lep.propagate`` block with its ``base_model`` and ``output_dir``)."""
     data = read_yaml_mapping(path)
+    lep = data.get("lep")
+    if YAML_SECTION not in data and isinstance(lep, dict) and lep.get("propagate") is not None:
+        config = parse_lep_block(data)
+        with settings_named("yaml", "lep.propagate"):
+            job = propagate_job(data, config.propagate, str(path))
+        return job.merge.model_dump(exclude_defaults=True), "lep.propagate"
     if YAML_SECTION not in data:
         return data, ""
     if not isinstance(data[YAML_SECTION], dict):

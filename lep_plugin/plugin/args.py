@@ -16,6 +16,9 @@ the same block earlier (before any dataset or model is touched) with :func:`pars
       body: frozen                # frozen | lora (with `adapter: lora|qlora` + lora_modules_to_save:
                                   #   [embed_tokens, lm_head]: a 4-bit frozen body, or a LoRA donor)
       eval: {...}                 # optional, handed to lep_plugin.plugin.eval_callback
+      propagate:                  # optional: lep-merge (+ eval, GGUF) when training ends
+        instruct: meta-llama/Meta-Llama-3-8B-Instruct
+        output: out/llama3-ru-instruct
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pydantic import (
 )
 
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
+from lep_plugin.propagation.options import PropagateOptions
 from lep_plugin.vocab.options import (
     ConvertOptions,
     VocabMethod,
@@ -121,6 +125,11 @@ class LEPConfig(BaseModel):
     # lep_plugin.plugin.eval_callback.EvalCallbackOptions in register() (so the two evolve separately).
     eval: dict[str, Any] | None = Field(
         default=None, description="copy tasks and bits per character every N steps, into the trainer's logs"
+    )
+    propagate: PropagateOptions | None = Field(
+        default=None,
+        description="when training ends: lep-merge of the output into the instruct model (rank 0), then the "
+        "evaluation and GGUF files it asks for; `lep propagate CONFIG.yml` runs the same later",
     )
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from lep_plugin.errors import LEPError, settings_named
 from lep_plugin.plugin.adapters import ADAPTERS, lora_kernels_for_cpu, trained_parts
 from lep_plugin.plugin.args import parse_lep_block
 from lep_plugin.plugin.vocabulary import locate_vocabulary
+from lep_plugin.propagation.pipeline import check_job, propagate_job
 
 PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
 
@@ -32,6 +33,10 @@ def check_config(path: Path) -> list[str]:
             "(without it Axolotl drops the block silently and trains every weight with the old vocabulary)"
         )
     config = parse_lep_block(cfg)
+    propagate = []
+    if config.propagate is not None:  # first, as register() does: it reads no corpus
+        with settings_named("yaml", "lep.propagate"):
+            propagate = check_job(propagate_job(cfg, config.propagate, str(path)))
     lines = ["plugin: lep_plugin.LEPPlugin is loaded; the `lep:` block is valid"]
     if config.vocab is not None:
         lines += _vocabulary_lines(cfg, config)
@@ -43,7 +48,7 @@ def check_config(path: Path) -> list[str]:
         lines.append(f"{kernels}: the plugin sets them so on this machine")
     if config.eval is not None:
         lines.append(_eval_line(config.eval))
-    return lines
+    return lines + propagate
 
 
 def _vocabulary_lines(cfg: dict[str, Any], config) -> list[str]:
@@ -70,7 +75,8 @@ def _cuda() -> bool:
 
 def _eval_line(options: dict[str, Any]) -> str:
     # lazy: the evaluation (torch) loads only for a YAML with `lep.eval:`
-    from lep_plugin.evaluation.evaluate import EvalSettings, load_tasks
+    from lep_plugin.evaluation.evaluate import load_tasks
+    from lep_plugin.evaluation.settings import EvalSettings
     from lep_plugin.plugin.eval_callback import eval_options  # lazy: transformers' trainer callbacks
 
     validated = eval_options(options)

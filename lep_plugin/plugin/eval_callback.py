@@ -28,11 +28,11 @@ from lep_plugin.common.distributed import (
 from lep_plugin.common.fs import write_text_atomic
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.evaluation.evaluate import (
-    EvalSettings,
     evaluate_model,
     flat_metrics,
     load_tasks,
 )
+from lep_plugin.evaluation.settings import EvalSettings
 from lep_plugin.evaluation.tasks import PromptStyle
 
 HISTORY_FILE = "lep_eval_history.json"

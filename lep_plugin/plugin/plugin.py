@@ -24,6 +24,9 @@ Hook order relied on (Axolotl 0.19, same names in 0.21):
    (freezing re-asserted on the trainer's model, before the optimizer is created inside ``train()``).
 6. ``post_train`` – called twice (after ``trainer.train`` and after the final save): copies the manifest
    into ``output_dir``; idempotent.
+7. ``post_train_unload`` – once, after Axolotl deleted the model and trainer and ended the process group:
+   ``lep.propagate`` (merge, evaluation, GGUF; lep_plugin.propagation.pipeline) on rank 0, the other ranks
+   leave. Its settings were checked in ``register()``, before anything was written.
 
 Model hooks also run for ``axolotl inference`` / ``merge-lora``: a base model that already carries an
 LEP vocabulary (its dir has ``lep_vocab.json``) is neither re-vocabularised nor converted again.
@@ -32,7 +35,9 @@ LEP vocabulary (its dir has ``lep_vocab.json``) is neither re-vocabularised nor 
 from __future__ import annotations
 
 import functools
+import gc
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +76,7 @@ from lep_plugin.plugin.distributed import (
 from lep_plugin.plugin.eval_callback import build_eval_callback, eval_options
 from lep_plugin.plugin.freezing import ShardedRowMaskCallback, freeze_all_but_embeddings, mask_old_rows, new_token_rows
 from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
+from lep_plugin.propagation.pipeline import PropagateJob, check_job, propagate_job, run_propagate
 from lep_plugin.publish.outputs import finish_training_output
 from lep_plugin.vocab.convert import convert_embeddings
 from lep_plugin.vocab.report import few_new_tokens_warning
@@ -92,6 +98,16 @@ def _user_errors(hook):
             raise LEPExit(str(err)) from None
 
     return wrapper
+
+
+def launched_by_axolotl_train() -> bool:
+    """Whether this process trains (``axolotl train`` runs ``axolotl.cli.train`` under its launcher, or in
+    itself with ``--launcher python``): ``register()`` also runs for ``axolotl inference`` or ``merge-lora``
+    of the same YAML, when the ``lep.propagate`` output rightly exists."""
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main is not None and main.name == "axolotl.cli.train":
+        return True
+    return len(sys.argv) > 1 and Path(sys.argv[0]).name == "axolotl" and sys.argv[1] == "train"
 
 
 def _unwrap(model):
@@ -146,6 +162,7 @@ class LEPPlugin(BasePlugin):
         self.eval_options = None
         self.gloo_deepspeed = False
         self.row_mask = None  # `train: new_rows`: the rows that train (for FSDP2's sharded gradients)
+        self.propagate: PropagateJob | None = None
         self.said: set[str] = set()
 
     def get_input_args(self) -> str:
@@ -159,6 +176,7 @@ class LEPPlugin(BasePlugin):
         self.eval_options = None
         self.gloo_deepspeed = False
         self.row_mask = None
+        self.propagate = None
         if self.config is None:
             return
         if cpu_ranks_for_accelerate():
@@ -167,6 +185,11 @@ class LEPPlugin(BasePlugin):
         if base and Path(base).is_dir() and not Path(base).is_absolute():
             # recorded as given in the adapter's config and the manifest: lep-merge run elsewhere finds it
             cfg["base_model"] = str(Path(base).resolve())
+        if self.config.propagate is not None and launched_by_axolotl_train():
+            with settings_named("yaml", "lep.propagate"):  # before anything is written (the vocabulary)
+                self.propagate = propagate_job(cfg, self.config.propagate, cfg.get("axolotl_config_path"))
+                for line in check_job(self.propagate):
+                    self._say_once(line)
         kernels = lora_kernels_for_cpu(cfg, torch.cuda.is_available())
         if kernels:
             log_rank(kernels)
@@ -251,6 +274,25 @@ class LEPPlugin(BasePlugin):
 
             finish_training_output(cfg, self.plan, self._say_once)  # model card and original_tokenizer/
             as_if_created_tree(output)
+
+    @_user_errors
+    def post_train_unload(self, cfg):
+        if self.propagate is None or not is_main():
+            return  # the other ranks leave; rank 0 propagates
+        gc.collect()  # Axolotl deleted the model and trainer: their memory is free before the merge loads
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        try:
+            run_propagate(self.propagate, echo=log_rank)
+        except Exception as err:  # whatever stopped it, the user needs the way to finish
+            if not isinstance(err, (LEPError, OSError)):  # not bad input: a bug's traceback, then the line
+                traceback.print_exc()
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = reason if isinstance(err, LEPError) else f"{type(err).__name__}: {reason}"
+            raise LEPError(
+                f"lep.propagate stopped: {reason}; {cfg['output_dir']} is as training left it and no merged model "
+                f"was written; to finish: {self.propagate.finish_command}"
+            ) from err
 
     def output_manifest(self, cfg) -> dict:
         """The vocabulary's manifest plus what this run trained and the fingerprint of the base model it

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath, create_model, field_validator
 
 from lep_plugin.common.devices import DEVICE_PATTERN
 from lep_plugin.common.fs import check_no_overlap, check_output_dir
 from lep_plugin.errors import LEPError
+from lep_plugin.evaluation.settings import EvalSettings
 from lep_plugin.math.choices import Weighting
 from lep_plugin.propagation.methods import METHODS
-from lep_plugin.publish.checks import check_eval_json, check_hub_id
+from lep_plugin.publish.checks import HUB_ID, OutType, check_eval_json, check_hub_id
 
 MergeMethod = Literal[(*METHODS, "all")]  # the registry's names, or every one of them
 
@@ -70,6 +71,11 @@ class MergeOptions(BaseModel):
         description="language code(s) for the model card, e.g. ru (repeatable; default: the instruct model card's, "
         "else detected from the vocabulary's corpus)",
     )
+    license: str | None = Field(
+        default=None,
+        description="license for the model card's front matter, e.g. apache-2.0 or llama3 (default: the instruct "
+        "model card's)",
+    )
     lora_scale: float = Field(
         default=1.0,
         ge=0,
@@ -103,3 +109,62 @@ def check_merge_paths(options: MergeOptions) -> None:
     check_no_overlap(options.output, inputs)
     if not options.dry_run:
         check_output_dir(options.output, options.force)
+
+
+# lep-merge settings that a training run answers itself (its base model, its output and the tokenizer in it)
+# or that belong to the command line (a dry run, an eval file made elsewhere)
+FROM_TRAINING_RUN = ("base", "adapted", "adapted_tokenizer", "eval_json", "dry_run")
+
+_MergeSettings = create_model(
+    "PropagateMergeSettings",
+    __config__=ConfigDict(frozen=True, extra="forbid"),
+    **{
+        name: (info.annotation, info)
+        for name, info in MergeOptions.model_fields.items()
+        if name not in FROM_TRAINING_RUN
+    },
+)
+
+
+class PropagateEval(EvalSettings):
+    """``lep.propagate.eval``: the instruct model and its LEP version(s) on the same held-out samples."""
+
+    texts: list[Path] = Field(
+        ..., min_length=1, description="held-out text files (.jsonl with a text field, or .txt), one per language"
+    )
+
+
+class PropagateOptions(_MergeSettings):
+    """``lep.propagate``: ``lep-merge``'s settings less those the training run gives (base = ``base_model``,
+    adapted = ``output_dir``), and what runs on the merged model before it is in place: an evaluation whose
+    table goes into the card, GGUF files."""
+
+    REFERENCE_ORDER: ClassVar[tuple[str, ...]] = ("instruct", "output", "method", "eval", "gguf")
+
+    instruct: str = Field(
+        description="the instruct model: an HF model dir, or a Hub id (org/name) already in the local Hugging Face "
+        "cache; its layers, added tokens and chat template are kept"
+    )
+    eval: PropagateEval | None = Field(
+        default=None,
+        description="evaluate the instruct model and its LEP version(s): eval.json and eval.png in the output, "
+        "the table in the model card",
+    )
+    gguf: list[OutType] | None = Field(
+        default=None,
+        description="GGUF files to write into the output with llama.cpp's converter, one per type "
+        "(f32, f16, bf16, q8_0), named <output name>-<type>.gguf",
+    )
+
+    @field_validator("gguf", mode="before")
+    @classmethod
+    def _one_type_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def merge_options(self, base: Path, adapted: Path, instruct: Path) -> MergeOptions:
+        """lep-merge's settings for a training run's ``base`` and ``adapted`` model and the ``instruct`` dir
+        that :attr:`instruct` names (a Hub id names the card's ``base_model`` too)."""
+        hub_id = self.instruct if HUB_ID.fullmatch(self.instruct) and not Path(self.instruct).exists() else None
+        values = self.model_dump(include=set(MergeOptions.model_fields) - {"instruct"}, exclude_none=True)
+        values.setdefault("base_model_id", hub_id)
+        return MergeOptions(**values, base=base, adapted=adapted, instruct=instruct)

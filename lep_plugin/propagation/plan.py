@@ -212,12 +212,17 @@ def _hidden(config) -> int | None:
     return getattr(text, "hidden_size", None)
 
 
-def _check_same_architecture(models: dict[str, Model]) -> None:
-    base, instruct, adapted = (models[r].config for r in ROLES)
+def check_base_and_instruct(base, instruct) -> None:
+    """The instruct model must be the base's architecture with its hidden size (P is a d×d map between them)."""
     if base.model_type != instruct.model_type:
         raise LEPError(f"base and instruct are different architectures ({base.model_type} vs {instruct.model_type})")
     if _hidden(base) != _hidden(instruct):
         raise LEPError(f"base and instruct have different hidden sizes ({_hidden(base)} vs {_hidden(instruct)})")
+
+
+def _check_same_architecture(models: dict[str, Model]) -> None:
+    base, instruct, adapted = (models[r].config for r in ROLES)
+    check_base_and_instruct(base, instruct)
     if adapted.model_type != base.model_type:
         raise LEPError(f"adapted is a {adapted.model_type} model but base is {base.model_type}")
 

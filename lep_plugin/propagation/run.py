@@ -8,13 +8,14 @@ instruct model is copied shard by shard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -38,11 +39,28 @@ from lep_plugin.propagation.systems import SYSTEMS, FitSystem
 from lep_plugin.publish.outputs import finish_merge_output, merge_facts
 
 REPORT = "lep_merge.json"
+
+
+class WrittenModelStages(Protocol):
+    """What runs on the written models inside the atomic output, before it is in place (``lep.propagate``'s
+    evaluation and GGUF export): a failure there leaves no output, as a failed merge does.
+    ``models``: method -> the model dir being written; ``names``: method -> the path it will have."""
+
+    def evaluate(self, root: Path, models: dict[str, Path], names: dict[str, Path]) -> list[dict[str, Any]] | None:
+        """The ``lep eval`` records for the model cards (written before them), or None."""
+
+    def export(self, root: Path, models: dict[str, Path], names: dict[str, Path]) -> None:
+        """Runs once the cards are written."""
+
+
 SPILL = ".lep-spill"  # finished matrices wait here (inside the atomic output) until their shard is written
 
 
-def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Plan, fit and write. Returns the summary (also written as ``lep_merge.json`` in the output)."""
+def run_merge(
+    options: MergeOptions, echo: Callable[[str], None] = print, stages: WrittenModelStages | None = None
+) -> dict[str, Any]:
+    """Plan, fit and write (then ``stages`` on the written models). Returns the summary (also written as
+    ``lep_merge.json`` in the output)."""
     started = time.time()
     plan = plan_merge(options)
     echo(plan.describe())
@@ -72,12 +90,19 @@ def run_merge(options: MergeOptions, echo: Callable[[str], None] = print) -> dic
             echo(warning)
         report["warnings"] = list(dict.fromkeys(warnings))
         report["recommendation"] = recommendation(plan.methods, fits)
-        for method in plan.methods:
-            target = tmp if len(plan.methods) == 1 else tmp / method
+        targets = {m: tmp if len(plan.methods) == 1 else tmp / m for m in plan.methods}
+        names = {m: options.output if len(plan.methods) == 1 else options.output / m for m in plan.methods}
+        for method, target in targets.items():
             target.mkdir(exist_ok=True)
             _write_model(plan, method, results[method], target, report)
-            finish_merge_output(plan, method, target, facts, fits)  # model card, lep_vocab.json, original_tokenizer/
         shutil.rmtree(spill)
+        records = stages.evaluate(tmp, targets, names) if stages is not None else None
+        if records:
+            facts = dataclasses.replace(facts, records=records)
+        for method, target in targets.items():
+            finish_merge_output(plan, method, target, facts, fits)  # model card, lep_vocab.json, original_tokenizer/
+        if stages is not None:
+            stages.export(tmp, targets, names)
         # the summary's figure is the cards' measurement, printed only when --sample-text named its text
         printed = options.sample_text is not None and facts.measured is not None
         report["chars_per_token"] = facts.measured.values if printed else None

@@ -1,16 +1,18 @@
-"""Checks of the publishing inputs a command takes (a Hub id, a ``lep eval --json`` file), light enough to
+"""Checks of the publishing inputs a command takes (a Hub id, a ``lep eval --json`` file, a GGUF type), light enough to
 run while the options are validated: a bad value is refused before any model or heavy library loads."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lep_plugin.common.fs import read_json
 from lep_plugin.errors import LEPError
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# GGUF tensor types llama.cpp's converter writes (other quantisations: llama.cpp's llama-quantize)
+OutType = Literal["f32", "f16", "bf16", "q8_0"]
 
 
 def check_hub_id(value: str) -> str:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,10 +36,10 @@ from lep_plugin.common.fs import (
 )
 from lep_plugin.common.tokenizers import MANIFEST, read_manifest, tokenizer_style
 from lep_plugin.errors import LEPError
+from lep_plugin.publish.checks import OutType
 from lep_plugin.publish.llama_cpp import find_llama_cpp
 from lep_plugin.publish.sentencepiece import sentencepiece_model
 
-OutType = Literal["f32", "f16", "bf16", "q8_0"]
 ORIGINAL_TOKENIZER = "original_tokenizer"  # the tokenizer before LEP, saved into LEP outputs
 MERGE_REPORT = "lep_merge.json"
 SP_MODEL = "tokenizer.model"
@@ -292,9 +292,11 @@ def export_gguf(
     options: GGUFOptions,
     echo: Callable[[str], None] = print,
     log: Callable[[str], None] | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Convert ``model_dir`` to ``options.output``; nothing is left behind on failure. Returns a summary
-    read back from the written file."""
+    read back from the written file. ``model_name``: the name the GGUF records (default: the dir's name;
+    ``lep.propagate`` converts a model still in its temporary dir)."""
     model_dir = Path(model_dir)
     check_output_file(options.output, options.force)
     check_no_overlap(options.output, {"model": model_dir})
@@ -304,7 +306,7 @@ def export_gguf(
         echo(f"note: {note}")
     echo(f"converting {model_dir} to {options.outtype} with llama.cpp's converter ({llama.origin}) ...")
     with tempfile.TemporaryDirectory(prefix="lep-gguf-") as staging, atomic_file(options.output, options.force) as tmp:
-        staged = Path(staging) / model_dir.name
+        staged = Path(staging) / (model_name or model_dir.name)
         staged.mkdir()
         _stage(plan, staged)
         original = str(plan.original_tokenizer) if plan.original_tokenizer is not None else "-"

@@ -66,7 +66,7 @@ def merge_facts(plan) -> CardFacts:
     source = _manifest_source(plan)
     manifest = read_manifest(source) if source is not None else None
     instruct = plan.models["instruct"].given
-    metadata = carried_metadata(instruct)
+    metadata = carried_metadata(instruct) | ({"license": options.license} if options.license else {})
     return CardFacts(
         base=str(plan.models["base"].given),
         manifest=manifest,
