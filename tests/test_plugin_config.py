@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from lep_plugin.errors import LEPError
 from lep_plugin.plugin.args import parse_lep_block
+from lep_plugin.propagation.options import FROM_TRAINING_RUN, MergeOptions, PropagateOptions
 
 PLUGIN = "lep_plugin.LEPPlugin"
 
@@ -202,6 +203,9 @@ def test_examples_pass_axolotl_validation(example):
     assert lep is not None and lep.vocab is not None and lep.train == "embeddings"
     validated = _schema_validate(cfg)
     assert validated.lep["vocab"]["method"] == cfg["lep"]["vocab"]["method"]
+    # one YAML to the model to publish: every recipe propagates, evaluates and writes a GGUF when it ends
+    assert lep.propagate.eval is not None and lep.propagate.gguf == ["q8_0"]
+    assert validated.lep["propagate"]["instruct"] == lep.propagate.instruct
     if example != "tiny-cpu.yml":
         assert validated.weight_decay == 0.1 and validated.adam_beta2 == 0.95 and validated.adam_epsilon == 1e-5
         gpus = 1 if example.endswith("-24gb.yml") else 8  # the one-GPU recipe (4-bit body) accumulates more
@@ -225,3 +229,21 @@ def test_calibration_examples_pass_axolotl_validation(example):
     if example != "calibration-tiny-cpu.yml":
         expected = {"calibration-self-8b.yml": (8, 1, 2.5e-5), "calibration-saiga-8b.yml": (32, 16, 5e-5)}[example]
         assert (validated.lora_r, validated.lora_alpha, validated.learning_rate) == expected
+
+
+def test_the_propagate_block_takes_lep_merges_settings():
+    """``lep.propagate`` is lep-merge's options less those the training run gives, plus eval and GGUF."""
+    block = {"instruct": "org/name", "output": "out/x", "gguf": "q8_0", "license": "apache-2.0", "method": "all"}
+    options = parse_lep_block({"lep": {"propagate": block}}).propagate
+    assert options.gguf == ["q8_0"] and options.eval is None and options.method == "all"
+    assert set(MergeOptions.model_fields) - set(PropagateOptions.model_fields) == set(FROM_TRAINING_RUN)
+    merge = options.merge_options(base=Path("b"), adapted=Path("a"), instruct=Path("i"))
+    assert (merge.base, merge.adapted, merge.instruct) == (Path("b"), Path("a"), Path("i"))
+    assert merge.base_model_id == "org/name" and merge.license == "apache-2.0"  # a Hub id names the card's base
+    for wrong, said in (
+        ({"outpt": "o"}, "lep.propagate.outpt"),
+        ({"gguf": ["q4_k"]}, "lep.propagate.gguf.0"),
+        ({"eval": {"samples": 2}}, "lep.propagate.eval.texts"),
+    ):
+        with pytest.raises(LEPError, match=said.replace(".", r"\.")):
+            parse_lep_block({"lep": {"propagate": {"instruct": "x", "output": "o", **wrong}}})

@@ -181,13 +181,20 @@ def test_a_stopped_propagation_keeps_the_run_and_lep_propagate_finishes_it(check
     assert "already exists" in _error_line(capsys)
 
 
-def test_lep_merge_reads_the_propagate_block(checkout, monkeypatch, capsys):
+def test_lep_check_and_lep_merge_read_the_block(checkout, monkeypatch, capsys):
     root, _ = checkout
     monkeypatch.chdir(root)
+    capsys.readouterr()
+    assert _lep(["check", str(_yaml_with(root, "fresh.yml", output="out/fresh"))]) == 0
+    said = capsys.readouterr().out
+    assert "propagate: conversion into out/fresh from instruct out/tiny-mistral/instruct (mistral)" in said
+    assert "then eval on 1 text(s) and GGUF q8_0" in said and "GGUF converter: " in said
+    assert _lep(["check", TINY_YAML]) == 2  # after the run its output is taken
+    assert "out/tiny-lep-instruct already exists" in _error_line(capsys)
     assert merge_main([TINY_YAML, "--output", "out/elsewhere", "--dry-run"]) is None
     plan = capsys.readouterr().out
     assert "out/tiny-lep" in plan and "tiny-mistral/instruct" in plan and "conversion" in plan
-    assert not (root / "out" / "elsewhere").exists()
+    assert not (root / "out" / "elsewhere").exists() and not (root / "out" / "fresh").exists()
 
 
 REFUSALS = {

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from lep_plugin.cli.options import quiet_third_party
-from lep_plugin.plugin.args import LEPConfig, VocabSection
+from lep_plugin.plugin.args import LEPConfig
 from lep_plugin.plugin.eval_callback import EvalCallbackOptions
 from lep_plugin.propagation.options import MergeOptions
 
@@ -54,6 +54,14 @@ def _default_text(field) -> str:
     return f"`{default}`"
 
 
+def _block_model(annotation: Any) -> type[BaseModel] | None:
+    """The options model of a nested block (``X`` or ``X | None``), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _rows(model: type[BaseModel], prefix: str, expand: dict[str, type[BaseModel]] | None = None) -> list[str]:
     """One table row per field, nested blocks expanded; a model's ``REFERENCE_ORDER`` puts its main keys first."""
     rows = []
@@ -62,7 +70,7 @@ def _rows(model: type[BaseModel], prefix: str, expand: dict[str, type[BaseModel]
     for name in names:
         field = model.model_fields[name]
         key = f"{prefix}.{name}" if prefix else name
-        sub = (expand or {}).get(name)
+        sub = (expand or {}).get(name) or _block_model(field.annotation)
         if sub is not None:
             rows.append(f"| `{key}` | block | – | {field.description or ''} (keys below) |")
             rows += _rows(sub, key)
@@ -80,7 +88,7 @@ def settings_reference() -> str:
         "### The `lep:` block of an Axolotl YAML",
         "",
         *header,
-        *_rows(LEPConfig, "lep", {"vocab": VocabSection, "eval": EvalCallbackOptions}),
+        *_rows(LEPConfig, "lep", {"eval": EvalCallbackOptions}),
         "",
         "### `lep-merge`",
         "",

@@ -12,6 +12,7 @@ from typing import Any
 
 from lep_plugin.common.fs import read_yaml_mapping
 from lep_plugin.errors import LEPError, settings_named
+from lep_plugin.evaluation.settings import EvalSettings
 from lep_plugin.plugin.adapters import ADAPTERS, lora_kernels_for_cpu, trained_parts
 from lep_plugin.plugin.args import parse_lep_block
 from lep_plugin.plugin.vocabulary import locate_vocabulary
@@ -76,7 +77,6 @@ def _cuda() -> bool:
 def _eval_line(options: dict[str, Any]) -> str:
     # lazy: the evaluation (torch) loads only for a YAML with `lep.eval:`
     from lep_plugin.evaluation.evaluate import load_tasks
-    from lep_plugin.evaluation.settings import EvalSettings
     from lep_plugin.plugin.eval_callback import eval_options  # lazy: transformers' trainer callbacks
 
     validated = eval_options(options)

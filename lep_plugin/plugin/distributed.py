@@ -27,6 +27,10 @@ import socket
 
 import torch
 from transformers import TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+# transformers' own check, taken when the plugin is imported (in register(), before any model loads)
+ZERO3_CHECK = is_deepspeed_zero3_enabled
 
 
 def _free_port() -> int:
@@ -111,3 +115,18 @@ class NoGradStepCallback(TrainerCallback):
             step._lep_no_grad = True  # idempotent: a resumed or repeated train() wraps once
             engine.step = step
         return control
+
+
+def leave_training_state() -> None:
+    """Forget the run's DeepSpeed state before work in the same process that is not training
+    (``lep.propagate`` after ``axolotl train``): transformers still holds the run's DeepSpeed config, and
+    Axolotl's ZeRO-3 loader replaced transformers' ZeRO-3 check by ``lambda: True``
+    (``axolotl/loaders/model.py``), so ``from_config`` and ``from_pretrained`` would build every model
+    partitioned through DeepSpeed, rendezvousing with ranks that have left. accelerate's state stays: a fresh
+    one would rendezvous too."""
+    import transformers.modeling_utils
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    hf_deepspeed.unset_hf_deepspeed_config()
+    for module in (hf_deepspeed, transformers.modeling_utils):
+        module.is_deepspeed_zero3_enabled = ZERO3_CHECK

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -72,6 +73,7 @@ from lep_plugin.plugin.distributed import (
     cpu_device_map,
     cpu_ranks_for_accelerate,
     init_gloo_for_cpu_deepspeed,
+    leave_training_state,
 )
 from lep_plugin.plugin.eval_callback import build_eval_callback, eval_options
 from lep_plugin.plugin.freezing import ShardedRowMaskCallback, freeze_all_but_embeddings, mask_old_rows, new_token_rows
@@ -188,7 +190,7 @@ class LEPPlugin(BasePlugin):
         if self.config.propagate is not None and launched_by_axolotl_train():
             with settings_named("yaml", "lep.propagate"):  # before anything is written (the vocabulary)
                 self.propagate = propagate_job(cfg, self.config.propagate, cfg.get("axolotl_config_path"))
-                for line in check_job(self.propagate):
+                for line in check_job(self.propagate, fetch_converter=True):
                     self._say_once(line)
         kernels = lora_kernels_for_cpu(cfg, torch.cuda.is_available())
         if kernels:
@@ -279,6 +281,8 @@ class LEPPlugin(BasePlugin):
     def post_train_unload(self, cfg):
         if self.propagate is None or not is_main():
             return  # the other ranks leave; rank 0 propagates
+        leave_training_state()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Axolotl's handler would exit 0 on Ctrl-C
         gc.collect()  # Axolotl deleted the model and trainer: their memory is free before the merge loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -129,6 +129,8 @@ _MergeSettings = create_model(
 class PropagateEval(EvalSettings):
     """``lep.propagate.eval``: the instruct model and its LEP version(s) on the same held-out samples."""
 
+    REFERENCE_ORDER: ClassVar[tuple[str, ...]] = ("texts", "samples", "paragraphs")
+
     texts: list[Path] = Field(
         ..., min_length=1, description="held-out text files (.jsonl with a text field, or .txt), one per language"
     )

@@ -62,14 +62,28 @@ def propagate_job(cfg: Mapping[str, Any], options: PropagateOptions, config_path
     return PropagateJob(options, merge, None if config_path is None else str(config_path))
 
 
-def check_job(job: PropagateJob) -> list[str]:
+def converter_line(fetch: bool) -> str:
+    """Where llama.cpp's converter comes from; ``fetch``: get it now (``register()``: a run that cannot get
+    it fails before training, not after), else only say whether it is on this machine (``lep check``)."""
+    # lazy: the converter's lookup is needed only for a block that asks for GGUF
+    from lep_plugin.publish.llama_cpp import ENV_DIR, find_llama_cpp
+
+    try:
+        return f"GGUF converter: {find_llama_cpp(fetch=fetch).origin}"
+    except LEPError:
+        if fetch or os.environ.get(ENV_DIR):  # a checkout the user named is wrong: say so now
+            raise
+        return "GGUF converter: not on this machine yet; the run fetches it before training (pip download)"
+
+
+def check_job(job: PropagateJob, fetch_converter: bool = False) -> list[str]:
     """What is checked before training starts (plugin ``register()``, ``lep check``), so that six hours of
     training do not end on a typo: the instruct model has the base's architecture and hidden size; the
     output is free (unless ``force``) and neither inside nor around the training output or an input.
     Returns the lines that say what will run."""
     # lazy: the architecture check lives with the merge plan (torch)
     from lep_plugin.checkpoints.model_config import load_config
-    from lep_plugin.propagation.plan import check_base_and_instruct
+    from lep_plugin.propagation.plan import check_base_and_instruct  # lazy: as above
 
     merge = job.merge
     base, instruct = load_config(merge.base, "base_model"), load_config(merge.instruct, "lep.propagate.instruct")
@@ -80,10 +94,11 @@ def check_job(job: PropagateJob) -> list[str]:
     check_output_dir(merge.output, merge.force)
     then = [f"eval on {len(job.options.eval.texts)} text(s)"] if job.options.eval else []
     then += [f"GGUF {', '.join(job.options.gguf)}"] if job.options.gguf else []
-    return [
+    lines = [
         f"propagate: {merge.method} into {merge.output} from instruct {merge.instruct} ({instruct.model_type}) "
         "when training ends" + (f", then {' and '.join(then)}" if then else ""),
     ]
+    return lines + ([converter_line(fetch_converter)] if job.options.gguf else [])
 
 
 @dataclass
@@ -110,8 +125,8 @@ class _Stages:
             return None
         # lazy: the evaluation loads whole models (torch, transformers)
         from lep_plugin.evaluation.compare import compare_models, write_results
-        from lep_plugin.evaluation.evaluate import load_tasks
-        from lep_plugin.evaluation.report import model_names
+        from lep_plugin.evaluation.evaluate import load_tasks  # lazy: as above
+        from lep_plugin.evaluation.report import model_names  # lazy: as above
 
         instruct = self.job.merge.instruct
         labels = model_names([Path(self.job.options.instruct), *names.values()])
