@@ -111,3 +111,14 @@ def fake_eval_json(path: Path, models: list[str]) -> Path:
         json.dumps({"settings": {}, "texts": ["ru.jsonl", "en.jsonl"], "results": records}), encoding="utf-8"
     )
     return path
+
+
+def lep_exit_code(args: list[str]) -> int:
+    """``lep ARGS`` in this process: its exit code (0 when it returns)."""
+    from lep_plugin.cli.lep import main as lep_main
+
+    try:
+        lep_main(args)
+    except SystemExit as done:
+        return done.code or 0
+    return 0

@@ -20,12 +20,13 @@ SPLIT_BY_LAYOUT = {"tests/test_vocab.py": "mistral"}
 # seconds a unit took (setup + calls; shared fixtures count where first built), one thread per worker,
 # from `make test` with `--durations=0` on 2026-12-06 (AMD EPYC, 2 cores); refresh when a module grows
 UNIT_SECONDS: dict[str, float] = {
-    "tests/test_families.py": 694,
+    "tests/test_families.py": 606,
     "tests/test_multirank.py": 430,
     "tests/test_convert.py": 205,
     "tests/test_lora_train.py": 201,
     "tests/test_first_hour.py": 153,
     "tests/test_plugin_train.py": 145,
+    "tests/test_propagate.py": 165,
     "tests/test_publish.py": 131,
     "tests/test_calibration.py": 121,
     "tests/test_vocab.py[tekken]": 104,

