@@ -286,6 +286,8 @@ class LEPPlugin(BasePlugin):
         gc.collect()  # Axolotl deleted the model and trainer: their memory is free before the merge loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        kept = sum(isinstance(o, torch.nn.Module) and hasattr(o, "get_input_embeddings") for o in gc.get_objects())
+        log_rank(f"training model released ({kept} model(s) still in memory)")
         try:
             run_propagate(self.propagate, echo=log_rank)
         except Exception as err:  # whatever stopped it, the user needs the way to finish
