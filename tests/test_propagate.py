@@ -95,7 +95,7 @@ def _assert_published(output: Path, adapted: Path, base: Path, instruct: Path, h
 def test_one_yaml_trains_and_publishes(checkout, tmp_path):
     root, log = checkout
     out = root / "out"
-    assert lep_lines(log, r"training model released \(0 model\(s\) still in memory\)")  # before the merge
+    assert lep_lines(log, r"training model released\n")  # none left in memory before the merge loads
     stages = [m.group(2) for m in lep_lines(log, r"lep\.propagate (merge|eval|gguf): [0-9.]+ s")]
     assert stages == ["merge", "eval", "gguf"], stages
     done = lep_lines(log, r"lep\.propagate done in [0-9.]+ s: (\S+)")
@@ -116,7 +116,8 @@ def test_one_yaml_trains_and_publishes(checkout, tmp_path):
 
 def test_zero3_two_ranks_propagate_on_rank_0(zero3_checkpoint, mistral_trio, tmp_path):
     run = zero3_checkpoint
-    assert [m.group(1) for m in lep_lines(run.log, r"training model released \(0 model")] == ["0"]
+    # DeepSpeed's closures keep the engine (this rank's partitions): said, not hidden
+    assert [m.group(1) for m in lep_lines(run.log, r"note: \d+ training model object\(s\) still referenced")] == ["0"]
     stages = lep_lines(run.log, r"lep\.propagate (merge|eval|gguf): [0-9.]+ s")
     assert [m.group(1) for m in stages] == ["0", "0", "0"], "propagation ran on another rank than 0"
     output = Path(run.config["lep"]["propagate"]["output"])

@@ -287,7 +287,12 @@ class LEPPlugin(BasePlugin):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         kept = sum(isinstance(o, torch.nn.Module) and hasattr(o, "get_input_embeddings") for o in gc.get_objects())
-        log_rank(f"training model released ({kept} model(s) still in memory)")
+        log_rank(
+            "training model released"
+            if not kept
+            else f"note: {kept} training model object(s) still referenced after Axolotl's cleanup (DeepSpeed ZeRO-3 "
+            "keeps this rank's parameter and optimizer partitions); propagation runs beside them"
+        )
         try:
             run_propagate(self.propagate, echo=log_rank)
         except Exception as err:  # whatever stopped it, the user needs the way to finish

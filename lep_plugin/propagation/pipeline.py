@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lep_plugin.common.fs import check_no_overlap, check_output_dir
-from lep_plugin.errors import LEPError
+from lep_plugin.errors import LEPError, settings_named
 from lep_plugin.propagation.options import MergeOptions, PropagateOptions
 
 EVAL_JSON = "eval.json"
@@ -173,6 +173,7 @@ def run_propagate(job: PropagateJob, echo: Callable[[str], None] = print) -> dic
 
     began = time.perf_counter()
     stages = _Stages(job, echo)
-    report = run_merge(job.merge, echo=echo, stages=stages)
+    with settings_named("yaml", "lep.propagate"):  # what it says of a setting names the block's key
+        report = run_merge(job.merge, echo=echo, stages=stages)
     echo(f"lep.propagate done in {time.perf_counter() - began:.1f} s: {job.merge.output}")
     return report | {"stages": stages.lines}

@@ -20,7 +20,7 @@ from lep_plugin.checkpoints.model_config import (
 )
 from lep_plugin.checkpoints.peft import AdapterCheckpoint, resolve_adapter_dir
 from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
-from lep_plugin.errors import LEPError
+from lep_plugin.errors import LEPError, setting_name
 from lep_plugin.propagation.lora import BodyLora, donor_body_lora, with_adapter_base
 from lep_plugin.propagation.methods import methods_of
 from lep_plugin.propagation.options import ROLES, MergeOptions, check_merge_paths
@@ -332,7 +332,10 @@ def card_base_model_note(options: MergeOptions, models: dict[str, Model]) -> str
     instruct = models["instruct"].given
     if options.base_model_id or known_hub_id(instruct):
         return None
-    return unknown_hub_id_warning("instruct", instruct, "pass --base-model-id ORG/NAME")
+    name = setting_name("base_model_id")  # a flag of lep-merge, or a key of `lep.propagate`
+    return unknown_hub_id_warning(
+        "instruct", instruct, f"pass {name} ORG/NAME" if name.startswith("--") else f"set `{name}: ORG/NAME`"
+    )
 
 
 def first_changed_tensor(base: Model, adapted: Model) -> str | None:
