@@ -286,7 +286,10 @@ class LEPPlugin(BasePlugin):
         gc.collect()  # Axolotl deleted the model and trainer: their memory is free before the merge loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        kept = sum(isinstance(o, torch.nn.Module) and hasattr(o, "get_input_embeddings") for o in gc.get_objects())
+        # type(), not isinstance(): a deprecated torch object warns when its __class__ is read
+        kept = sum(
+            issubclass(type(o), torch.nn.Module) and hasattr(o, "get_input_embeddings") for o in gc.get_objects()
+        )
         log_rank(
             "training model released"
             if not kept
