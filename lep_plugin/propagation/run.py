@@ -39,6 +39,7 @@ from lep_plugin.propagation.systems import SYSTEMS, FitSystem
 from lep_plugin.publish.outputs import finish_merge_output, merge_facts
 
 REPORT = "lep_merge.json"
+SPILL = ".lep-spill"  # finished matrices wait here (inside the atomic output) until their shard is written
 
 
 class WrittenModelStages(Protocol):
@@ -51,9 +52,6 @@ class WrittenModelStages(Protocol):
 
     def export(self, root: Path, models: dict[str, Path], names: dict[str, Path]) -> None:
         """Runs once the cards are written."""
-
-
-SPILL = ".lep-spill"  # finished matrices wait here (inside the atomic output) until their shard is written
 
 
 def run_merge(
