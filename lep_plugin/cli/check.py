@@ -11,7 +11,8 @@ from lep_plugin.plugin.check import check_config
 
 @click.command(
     help="Check an Axolotl YAML for LEP before training: plugin loaded, `lep:` block valid, corpus "
-    "readable, where the vocabulary will be, what will be trained."
+    "readable, where the vocabulary will be, what will be trained, and for `lep.propagate` the instruct model "
+    "(found, same architecture) and a free output."
 )
 @click.argument("config", type=click.Path(path_type=Path))
 def check(config: Path) -> None:
