@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from lep_plugin.common.fs import read_yaml_mapping
-from lep_plugin.errors import LEPError, settings_named
+from lep_plugin.errors import LEPError
 from lep_plugin.plugin.args import parse_lep_block
-from lep_plugin.propagation.pipeline import check_job, propagate_job, run_propagate
+from lep_plugin.propagation.pipeline import checked_job, run_propagate
 
 
 @click.command(
@@ -25,7 +25,5 @@ def propagate(config: Path, force: bool) -> None:
     if lep is None or lep.propagate is None:
         raise LEPError(f"{config} has no `lep.propagate:` block (instruct, output, ...): nothing to propagate")
     options = lep.propagate.model_copy(update={"force": True}) if force else lep.propagate
-    with settings_named("yaml", "lep.propagate"):
-        job = propagate_job(cfg, options, str(config))
-        check_job(job)
+    job, _ = checked_job(cfg, options, str(config))
     run_propagate(job, echo=click.echo)

@@ -16,7 +16,7 @@ from lep_plugin.evaluation.settings import EvalSettings
 from lep_plugin.plugin.adapters import ADAPTERS, lora_kernels_for_cpu, trained_parts
 from lep_plugin.plugin.args import parse_lep_block
 from lep_plugin.plugin.vocabulary import locate_vocabulary
-from lep_plugin.propagation.pipeline import check_job, propagate_job
+from lep_plugin.propagation.pipeline import checked_job
 
 PLUGIN_NAMES = ("lep_plugin.LEPPlugin", "lep_plugin.plugin.plugin.LEPPlugin")
 
@@ -36,8 +36,7 @@ def check_config(path: Path) -> list[str]:
     config = parse_lep_block(cfg)
     propagate = []
     if config.propagate is not None:  # first, as register() does: it reads no corpus
-        with settings_named("yaml", "lep.propagate"):
-            propagate = check_job(propagate_job(cfg, config.propagate, str(path)))
+        _, propagate = checked_job(cfg, config.propagate, str(path))
     lines = ["plugin: lep_plugin.LEPPlugin is loaded; the `lep:` block is valid"]
     if config.vocab is not None:
         lines += _vocabulary_lines(cfg, config)

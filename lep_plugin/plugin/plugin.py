@@ -78,7 +78,7 @@ from lep_plugin.plugin.distributed import (
 from lep_plugin.plugin.eval_callback import build_eval_callback, eval_options
 from lep_plugin.plugin.freezing import ShardedRowMaskCallback, freeze_all_but_embeddings, mask_old_rows, new_token_rows
 from lep_plugin.plugin.vocabulary import VocabPlan, plan_vocabulary
-from lep_plugin.propagation.pipeline import PropagateJob, check_job, propagate_job, run_propagate
+from lep_plugin.propagation.pipeline import PropagateJob, checked_job, run_propagate
 from lep_plugin.publish.outputs import finish_training_output
 from lep_plugin.vocab.convert import convert_embeddings
 from lep_plugin.vocab.report import few_new_tokens_warning
@@ -188,10 +188,12 @@ class LEPPlugin(BasePlugin):
             # recorded as given in the adapter's config and the manifest: lep-merge run elsewhere finds it
             cfg["base_model"] = str(Path(base).resolve())
         if self.config.propagate is not None and launched_by_axolotl_train():
-            with settings_named("yaml", "lep.propagate"):  # before anything is written (the vocabulary)
-                self.propagate = propagate_job(cfg, self.config.propagate, cfg.get("axolotl_config_path"))
-                for line in check_job(self.propagate, fetch_converter=True):
-                    self._say_once(line)
+            # before anything is written (the vocabulary)
+            self.propagate, lines = checked_job(
+                cfg, self.config.propagate, cfg.get("axolotl_config_path"), fetch_converter=True
+            )
+            for line in lines:
+                self._say_once(line)
         kernels = lora_kernels_for_cpu(cfg, torch.cuda.is_available())
         if kernels:
             log_rank(kernels)

@@ -101,6 +101,16 @@ def check_job(job: PropagateJob, fetch_converter: bool = False) -> list[str]:
     return lines + ([converter_line(fetch_converter)] if job.options.gguf else [])
 
 
+def checked_job(
+    cfg: Mapping[str, Any], options: PropagateOptions, config_path: str | None, fetch_converter: bool = False
+) -> tuple[PropagateJob, list[str]]:
+    """:func:`propagate_job` and :func:`check_job` with problems named as ``lep.propagate`` keys: what the
+    plugin's ``register()``, ``lep check`` and ``lep propagate`` run before any work."""
+    with settings_named("yaml", "lep.propagate"):
+        job = propagate_job(cfg, options, config_path)
+        return job, check_job(job, fetch_converter)
+
+
 @dataclass
 class _Stages:
     """``lep.propagate``'s evaluation and export, run by ``run_merge`` inside its atomic output; each stage
