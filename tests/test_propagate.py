@@ -11,6 +11,7 @@ stops leaves the training output as it was and ``lep propagate`` finishes it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from builders import SHARED_DATA, generate_from_chat
 from lep_plugin.cli.merge import main as merge_main
 from lep_plugin.common.tokenizers import load_tokenizer, read_manifest
 from lep_plugin.errors import LEPExit
+from lep_plugin.evaluation.report import at_or_below_chance
 from lep_plugin.plugin.plugin import LEPPlugin
 
 pytestmark = pytest.mark.e2e
@@ -87,6 +89,8 @@ def _assert_published(output: Path, adapted: Path, base: Path, instruct: Path, h
     evaluation = card.split("## Evaluation", 1)[1]
     assert f"| {output.name} |" in evaluation and f"| {instruct.name} |" in evaluation, evaluation[:800]
     assert (output / "eval.json").is_file() and (output / "eval.png").stat().st_size > 0
+    records = json.loads((output / "eval.json").read_text(encoding="utf-8"))["results"]
+    assert ("**At or below chance**" in evaluation) == bool(at_or_below_chance(records))  # non-copiers named
     gguf = output / f"{output.name}-q8_0.gguf"
     assert check_tokenizer(read_gguf(gguf), output)["tokens"] >= len(load_tokenizer(output))
     assert not list(output.parent.glob(f".{output.name}*")) and not list(output.parent.glob(".lep-gguf-*"))

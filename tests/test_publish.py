@@ -415,3 +415,21 @@ def test_export_help_lists_outtypes():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_card_says_which_models_copy_at_or_below_chance(tmp_path):
+    """A model whose strict copy score is not above its own chance level is named under the card's table."""
+    from lep_plugin.evaluation.report import at_or_below_chance
+    from lep_plugin.publish.card import _eval_section
+
+    records = json.loads(fake_eval_json(tmp_path / "eval.json", ["instruct", "lep"]).read_text())["results"]
+    for k, record in enumerate(records):  # ru: instruct 0.5 vs chance 0.55 (below), lep 0.6 vs 0.55 (above)
+        record["texts"]["ru"]["chance"] = {"sentence_strict": 0.55}
+        record["texts"]["en"]["chance"] = {"sentence_strict": 0.1 + 0.2 * k}  # en 0.25: lep at 0.3 is below
+    assert at_or_below_chance(records) == ["instruct on ru (0.500 ≤ chance 0.550)", "lep on en (0.250 ≤ chance 0.300)"]
+    section = _eval_section(records)
+    assert "**At or below chance**" in section and "instruct on ru" in section and "lep on ru" not in section
+    for record in records:
+        record["texts"]["en"]["chance"] = {"sentence_strict": 0.1}
+        record["texts"]["ru"]["chance"] = {"sentence_strict": 0.1}
+    assert at_or_below_chance(records) == [] and "At or below chance" not in _eval_section(records)

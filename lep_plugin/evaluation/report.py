@@ -55,6 +55,19 @@ def _cell(record: dict[str, Any], label: str, metric: str) -> str:
     return cell
 
 
+def at_or_below_chance(records: list[dict[str, Any]], metric: str = "sentence_strict") -> list[str]:
+    """``model on text (score ≤ chance)`` for each model and held-out text whose copy score (the strict one
+    by default, the score to judge copying by) is not above its own chance level: such a model does not
+    copy that text, and its number is no result to compare LEP by."""
+    found = []
+    for record in records:
+        for label, values in record["texts"].items():
+            score, chance = values.get(metric, math.nan), _chance(record, label, metric)
+            if not math.isnan(chance) and not math.isnan(score) and score <= chance:
+                found.append(f"{record['model']} on {label} ({_fmt(score)} ≤ chance {_fmt(chance)})")
+    return found
+
+
 def identical_groups(records: list[dict[str, Any]]) -> list[list[int]]:
     """Indices of models whose every value (and chance level) reads the same to the table's three decimals,
     in groups of two or more: methods that gave one result must not look like separate evidence."""

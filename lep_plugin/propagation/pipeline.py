@@ -136,7 +136,7 @@ class _Stages:
         # lazy: the evaluation loads whole models (torch, transformers)
         from lep_plugin.evaluation.compare import compare_models, write_results
         from lep_plugin.evaluation.evaluate import load_tasks  # lazy: as above
-        from lep_plugin.evaluation.report import model_names  # lazy: as above
+        from lep_plugin.evaluation.report import at_or_below_chance, model_names  # lazy: as above
 
         instruct = self.job.merge.instruct
         labels = model_names([Path(self.job.options.instruct), *names.values()])
@@ -145,6 +145,9 @@ class _Stages:
         records = compare_models(list(zip(labels, paths)), tasks, settings, self.job.merge.device, echo=self.echo)
         write_results(records, settings, settings.texts, root / EVAL_JSON, root / EVAL_PLOT)
         self.say("eval", f" ({len(records)} models on {len(tasks)} text(s): {EVAL_JSON}, {EVAL_PLOT})")
+        below = at_or_below_chance(records)
+        if below:  # a table of non-copiers must not read as a result
+            self.echo(f"note: at or below chance in sentence copying: {'; '.join(below)}")
         return records
 
     def export(self, root: Path, models: dict[str, Path], names: dict[str, Path]) -> None:

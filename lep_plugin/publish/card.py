@@ -20,7 +20,7 @@ from lep_plugin.checkpoints.discover import checkpoint_number
 from lep_plugin.common.corpus import first_texts
 from lep_plugin.common.fs import write_text_atomic
 from lep_plugin.common.tokenizers import chars_per_token_change
-from lep_plugin.evaluation.report import markdown_table
+from lep_plugin.evaluation.report import at_or_below_chance, markdown_table
 from lep_plugin.propagation.fits import FitResult, Fits, unrelated_warning
 from lep_plugin.propagation.methods import METHODS
 from lep_plugin.publish.checks import HUB_ID
@@ -301,12 +301,18 @@ def _training_lines(manifest: dict[str, Any] | None, state: dict[str, Any] | Non
 def _eval_section(records: list[dict[str, Any]] | None) -> str:
     if not records:
         return ""
-
+    below = at_or_below_chance(records)
+    warning = (
+        f"**At or below chance** in sentence copying (strict score): {'; '.join(below)}. These models do not "
+        "copy that text; their copy scores are no evidence for or against LEP.\n\n"
+        if below
+        else ""
+    )
     return (
         "## Evaluation\n\n"
         "`lep eval` (copy tasks, characters per token, bits per character; "
         "the models compared on the same samples):\n\n"
-        f"{markdown_table(records)}\n\n"
+        f"{markdown_table(records)}\n\n{warning}"
     )
 
 
