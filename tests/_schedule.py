@@ -24,7 +24,7 @@ UNIT_SECONDS: dict[str, float] = {
     "tests/test_families.py": 432,
     "tests/test_lora_train.py": 177,
     "tests/test_propagate.py": 163,
-    "tests/test_plugin_train.py": 130,
+    "tests/test_plugin_train.py": 157,
     "tests/test_merge_deepspeed.py": 102,
     "tests/test_vocab.py[tekken]": 94,
     "tests/test_publish.py": 94,

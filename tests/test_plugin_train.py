@@ -19,8 +19,10 @@ from _plugin_helpers import (
     training_data,
     write_config,
 )
-from builders import RU_HELDOUT, write_corpus_slice
+from _publish_helpers import check_tokenizer, read_gguf
+from builders import RU_HELDOUT, build_instruct, write_corpus_slice
 
+from lep_plugin.cli.merge import main as merge_main
 from lep_plugin.common.tokenizers import fingerprint_tokenizer, load_tokenizer
 
 pytestmark = pytest.mark.e2e
@@ -77,10 +79,14 @@ def test_mistral_embeddings_train_save_and_resume(tmp_path, tiny_mistral):
 
 
 def test_llama_byte_level_bpe_vocabulary(tmp_path, tiny_llama):
-    """A whole new byte-level BPE vocabulary (smaller than the old 131k one) on the Tekken/Llama-3-style model."""
+    """A whole new byte-level BPE vocabulary (smaller than the old 131k one) on the Tekken/Llama-3-style model,
+    propagated when training ends into a q8_0 GGUF (the byte-level layout of ``lep.propagate``: the real
+    Tekken tokenizer, whose pre-tokenizer llama.cpp's converter knows)."""
     data = training_data(tmp_path / "data")
     cfg = tiny_config(tmp_path, tiny_llama, data, max_steps=6, save_strategy="no", save_steps=None)
     cfg["lep"]["vocab"].update(method="bpe", vocab_size=3000)
+    instruct = build_instruct(tiny_llama, tmp_path / "instruct")
+    cfg["lep"]["propagate"] = {"instruct": str(instruct), "output": str(tmp_path / "lep-instruct"), "gguf": "q8_0"}
     # the training-time evaluation callback, on a held-out slice, every 3 steps
     heldout = write_corpus_slice(RU_HELDOUT, tmp_path / "heldout.jsonl", 3)
     cfg["lep"]["eval"] = {
@@ -106,6 +112,13 @@ def test_llama_byte_level_bpe_vocabulary(tmp_path, tiny_llama):
     assert load_weights(out)["lm_head.weight"].shape[0] == len(load_tokenizer(new_dir)) < 10_000
     loss_values = [float(v) for v in re.findall(r"'loss': '([0-9.]+)'", output)]
     assert len(loss_values) >= 4 and loss_values[-1] < loss_values[0], loss_values
+
+    published, hand = tmp_path / "lep-instruct", tmp_path / "hand"
+    merge_main(["--base", str(tiny_llama), "--instruct", str(instruct), "--adapted", str(out), "--output", str(hand)])
+    propagated, merged = load_weights(published), load_weights(hand)
+    assert propagated.keys() == merged.keys() and all(torch.equal(propagated[k], merged[k]) for k in merged)
+    meta = check_tokenizer(read_gguf(published / "lep-instruct-q8_0.gguf"), published)
+    assert meta["model"] == "gpt2" and meta["pre"] == "tekken"  # the original pre-tokenizer, kept
 
 
 def test_deepspeed_zero3_new_rows(zero3_checkpoint):
